@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, types, unit and integration tests (a broker is started for them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh test
+.venv/bin/ruff check worker training demo tests bench
+.venv/bin/ruff format --check worker training demo tests bench
+.venv/bin/mypy
+set +e
+.venv/bin/python -m pytest "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "pytest collected no tests: failing" >&2
+  exit 1
+fi
+exit "$status"

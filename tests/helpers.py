@@ -1,0 +1,51 @@
+"""Test helpers shared by unit and integration tests: tiny bundles and record builders."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from worker.bundle import BundleMetadata, ThresholdCalibration, write_bundle
+
+NAMES = ("cpu", "mem", "disk", "net")
+
+
+class DistanceModel(nn.Module):
+    """score = mean((x - center)^2); expected = center. Scripted, it is a valid bundle module."""
+
+    def __init__(self, center: list[float]) -> None:
+        super().__init__()
+        self.register_buffer("center", torch.tensor(center, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        error = (x - self.center) ** 2
+        return error.mean(dim=1), error, self.center.expand_as(x)
+
+
+def write_distance_bundle(
+    directory: Path,
+    names: tuple[str, ...] = NAMES,
+    threshold: float = 4.0,
+    version: str = "test-v1",
+) -> BundleMetadata:
+    """A bundle whose score is the mean squared distance from 0: easy to reason about in tests."""
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(DistanceModel([0.0] * len(names))), buffer)
+    metadata = BundleMetadata(
+        version=version,
+        feature_names=names,
+        threshold=threshold,
+        calibration=ThresholdCalibration("quantile", 0.01, 100, 0.01),
+        training={"rows_train": 0},
+        sha256="",
+        torch_version=torch.__version__,
+    )
+    return write_bundle(directory, buffer.getvalue(), metadata)
+
+
+def record(features: object, **fields: object) -> bytes:
+    return json.dumps({"features": features, **fields}).encode()

@@ -1,0 +1,119 @@
+import os
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from worker.settings import WorkerSettings, describe_validation_error
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    for name in list(os.environ):
+        if name.startswith("ANOMALY_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def error_line(monkeypatch, **env):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError) as info:
+        WorkerSettings()
+    return describe_validation_error(info.value)
+
+
+def test_defaults_are_usable():
+    settings = WorkerSettings()
+    assert settings.input_topic == "features" and settings.device == "auto"
+    assert settings.threshold is None and settings.metrics_port == 9108
+
+
+def test_reads_env_and_dotenv(monkeypatch, tmp_path):
+    (tmp_path / ".env").write_text(
+        "ANOMALY_INPUT_TOPIC=from-dotenv\nANOMALY_GROUP_ID=dotenv-group\n"
+    )
+    monkeypatch.setenv("ANOMALY_GROUP_ID", "from-env")
+    monkeypatch.setenv("ANOMALY_BATCH_MAX_WAIT_SECONDS", "0.25")
+    settings = WorkerSettings()
+    assert settings.input_topic == "from-dotenv"
+    assert settings.group_id == "from-env"  # the environment wins over .env
+    assert settings.batch_max_wait_seconds == 0.25
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"ANOMALY_METRICS_PORT": "70000"},
+            "ANOMALY_METRICS_PORT: Input should be less than or equal to 65535 (got '70000')",
+        ),
+        (
+            {"ANOMALY_BATCH_MAX_RECORDS": "many"},
+            "ANOMALY_BATCH_MAX_RECORDS: Input should be a valid integer",
+        ),
+        (
+            {"ANOMALY_DEVICE": "tpu"},
+            "ANOMALY_DEVICE: Input should be 'auto', 'cpu' or 'cuda' (got 'tpu')",
+        ),
+        ({"ANOMALY_THRESHOLD": "-1"}, "ANOMALY_THRESHOLD: Input should be greater than 0"),
+        (
+            {"ANOMALY_SSL_CAFILE": "/nonexistent/ca.pem"},
+            "ANOMALY_SSL_CAFILE: no such file: /nonexistent/ca.pem",
+        ),
+        (
+            {"ANOMALY_SECURITY_PROTOCOL": "SASL_SSL"},
+            "SASL_SSL needs ANOMALY_SASL_MECHANISM, ANOMALY_SASL_USERNAME, ANOMALY_SASL_PASSWORD",
+        ),
+        ({"ANOMALY_ALERT_TOPIC": "features"}, "must be three different topics"),
+    ],
+)
+def test_bad_values_name_the_variable(monkeypatch, env, expected):
+    line = error_line(monkeypatch, **env)
+    assert expected in line
+    assert "\n" not in line
+
+
+def test_password_is_never_echoed(monkeypatch):
+    monkeypatch.setenv("ANOMALY_SASL_PASSWORD", "hunter2")
+    monkeypatch.setenv("ANOMALY_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("ANOMALY_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("ANOMALY_SASL_USERNAME", "u")
+    settings = WorkerSettings()
+    assert "hunter2" not in repr(settings)
+    assert settings.sasl_password.get_secret_value() == "hunter2"
+
+
+def test_cli_exits_non_zero_with_one_line(tmp_path):
+    env = {**os.environ, "ANOMALY_METRICS_PORT": "-5"}
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ANOMALY_METRICS_PORT" in lines[0]
+
+
+def test_cli_refuses_a_missing_model_before_connecting(tmp_path):
+    env = {
+        **os.environ,
+        "ANOMALY_MODEL_PATH": str(tmp_path / "missing"),
+        "ANOMALY_METRICS_PORT": "0",
+        "ANOMALY_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "is not a model bundle" in result.stderr.strip().splitlines()[-1]

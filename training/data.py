@@ -1,0 +1,125 @@
+"""Load training rows: ``.npz`` (``X``, optional ``y``), ``.csv`` (header) or ``.jsonl`` records."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from training.exceptions import DataError
+from worker.records import FeatureSchema, decode_batch
+
+__all__ = ["LABEL_COLUMNS", "Table", "load_table"]
+
+#: Label columns (CSV) or keys (npz): rows labelled non-zero are anomalies, not training data.
+LABEL_COLUMNS = ("y", "label", "is_anomaly")
+#: CSV columns that describe a record rather than measure it.
+META_COLUMNS = ("id", "ts", "entity")
+
+
+@dataclass
+class Table:
+    """Feature rows, their names, optional labels (1 = anomaly) and what was dropped on load."""
+
+    X: np.ndarray
+    feature_names: tuple[str, ...]
+    y: np.ndarray | None = None
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+def load_table(path: Path, max_record_bytes: int = 1 << 20) -> Table:
+    if not path.is_file():
+        raise DataError(f"no such file: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        table = _load_npz(path)
+    elif suffix == ".csv":
+        table = _load_csv(path)
+    elif suffix in (".jsonl", ".ndjson"):
+        table = _load_jsonl(path, max_record_bytes)
+    else:
+        raise DataError(f"{path}: unsupported file type {suffix!r} (use .npz, .csv or .jsonl)")
+    if table.X.ndim != 2 or table.X.shape[0] == 0 or table.X.shape[1] == 0:
+        raise DataError(f"{path}: no feature rows (shape {table.X.shape})")
+    finite = np.isfinite(table.X).all(axis=1)
+    if not finite.all():
+        table.dropped["non_finite"] = int((~finite).sum())
+        table.X = table.X[finite]
+        table.y = None if table.y is None else table.y[finite]
+    return table
+
+
+def _load_npz(path: Path) -> Table:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "X" not in data:
+                raise DataError(f"{path}: no array 'X' (has {sorted(data.files)})")
+            X = np.asarray(data["X"], dtype=np.float32)
+            y = next((np.asarray(data[k]).astype(int) for k in LABEL_COLUMNS if k in data), None)
+            names = (
+                tuple(str(n) for n in data["feature_names"]) if "feature_names" in data else None
+            )
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read as npz: {exc}") from exc
+    if X.ndim != 2:
+        raise DataError(f"{path}: 'X' must be 2-D rows x features, got shape {X.shape}")
+    if names is None:
+        names = tuple(f"f{i}" for i in range(X.shape[1]))
+    if len(names) != X.shape[1]:
+        raise DataError(f"{path}: {len(names)} feature_names for {X.shape[1]} columns")
+    if y is not None and y.shape != (X.shape[0],):
+        raise DataError(f"{path}: labels have shape {y.shape}, expected ({X.shape[0]},)")
+    return Table(X, names, y)
+
+
+def _load_csv(path: Path) -> Table:
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if not header:
+            raise DataError(f"{path}: empty file (a header row is required)")
+        header = [h.strip() for h in header]
+        label_col = next((i for i, h in enumerate(header) if h in LABEL_COLUMNS), None)
+        feature_cols = [
+            i for i, h in enumerate(header) if h not in LABEL_COLUMNS and h not in META_COLUMNS
+        ]
+        rows, labels = [], []
+        for line_no, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise DataError(f"{path}:{line_no}: {len(row)} fields, header has {len(header)}")
+            try:
+                rows.append([float(row[i]) for i in feature_cols])
+                if label_col is not None:
+                    labels.append(int(float(row[label_col])))
+            except ValueError as exc:
+                raise DataError(f"{path}:{line_no}: non-numeric value ({exc})") from exc
+    names = tuple(header[i] for i in feature_cols)
+    X = np.asarray(rows, dtype=np.float32).reshape(len(rows), len(names))
+    return Table(X, names, np.asarray(labels) if label_col is not None else None)
+
+
+def _load_jsonl(path: Path, max_record_bytes: int) -> Table:
+    import json
+
+    lines = [line for line in path.read_bytes().splitlines() if line.strip()]
+    if not lines:
+        raise DataError(f"{path}: no records")
+    try:
+        first = json.loads(lines[0])["features"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}:1: the first record must be an object with 'features'") from exc
+    if isinstance(first, dict):
+        names = tuple(first)
+    elif isinstance(first, list):
+        names = tuple(f"f{i}" for i in range(len(first)))
+    else:
+        raise DataError(f"{path}:1: 'features' must be a list or an object")
+    decoded = decode_batch(lines, FeatureSchema(names), max_record_bytes)
+    dropped: dict[str, int] = {}
+    for bad in decoded.invalid:
+        dropped[bad.reason] = dropped.get(bad.reason, 0) + 1
+    return Table(decoded.features, names, None, dropped)

@@ -1,0 +1,14 @@
+"""anomaly-worker: score a Kafka topic of feature records with a TorchScript autoencoder.
+
+The data flow, one module per step::
+
+    settings -> consumer (kafka_io) -> batching -> records (decode) -> scoring
+             -> threshold -> alerts / deadletters (produce) -> offsets (commit)
+
+with ``metrics`` and ``health`` on the side and ``pipeline`` tying the steps
+together. ``bundle`` is the on-disk contract with ``training``.
+"""
+
+__all__ = ["__version__"]
+
+__version__ = "0.1.0"

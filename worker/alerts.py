@@ -1,0 +1,99 @@
+"""Build alert messages: one JSON object per anomalous record, keyed by entity (or id)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from worker.messages import SourceMessage
+from worker.records import Record, parse_timestamp
+
+__all__ = ["Alert", "AlertContext", "build_alerts", "record_id"]
+
+
+@dataclass(frozen=True)
+class AlertContext:
+    """What every alert of a batch shares."""
+
+    feature_names: tuple[str, ...]
+    threshold: float
+    model_version: str
+    top_features: int
+    detected_at: float
+
+
+@dataclass(frozen=True)
+class Alert:
+    """An alert ready to produce, with its event time (for the latency metric)."""
+
+    key: bytes
+    value: bytes
+    event_ts: float
+
+
+def record_id(record: Record, message: SourceMessage) -> str:
+    """The record's id, or ``topic-partition-offset`` when it has none.
+
+    >>> from worker.messages import Message
+    >>> record_id(Record(features=[1.0]), Message("tx", 3, 42, 0, None, b""))
+    'tx-3-42'
+    """
+    return (
+        record.id
+        if record.id is not None
+        else f"{message.topic}-{message.partition}-{message.offset}"
+    )
+
+
+def event_time(record: Record, message: SourceMessage) -> float:
+    """The record's ``ts`` in epoch seconds, or the Kafka timestamp when it has none."""
+    return parse_timestamp(record.ts) if record.ts is not None else message.timestamp / 1000.0
+
+
+def build_alerts(
+    context: AlertContext,
+    records: Sequence[Record],
+    messages: Sequence[SourceMessage],
+    scores: np.ndarray,
+    features: np.ndarray,
+    errors: np.ndarray,
+    expected: np.ndarray,
+) -> list[Alert]:
+    """One alert per row; all arrays are aligned with ``records`` and ``messages``."""
+    k = min(context.top_features, len(context.feature_names))
+    top = np.argsort(-errors, axis=1, kind="stable")[:, :k]
+    alerts = []
+    for i, (record, message) in enumerate(zip(records, messages, strict=True)):
+        rid = record_id(record, message)
+        ts = event_time(record, message)
+        score = float(scores[i])
+        body = {
+            "id": rid,
+            "entity": record.entity,
+            "ts": ts,
+            "score": score,
+            "threshold": context.threshold,
+            "score_ratio": score / context.threshold,
+            "model_version": context.model_version,
+            "top_features": [
+                {
+                    "name": context.feature_names[j],
+                    "value": float(features[i, j]),
+                    "expected": float(expected[i, j]),
+                    "error": float(errors[i, j]),
+                }
+                for j in top[i]
+            ],
+            "source": {
+                "topic": message.topic,
+                "partition": message.partition,
+                "offset": message.offset,
+            },
+            "detected_at": context.detected_at,
+        }
+        key = record.entity if record.entity is not None else rid
+        alerts.append(Alert(key.encode("utf-8"), json.dumps(body).encode("utf-8"), ts))
+    return alerts

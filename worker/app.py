@@ -1,0 +1,100 @@
+"""Composition root: settings -> health server -> model -> Kafka clients -> pipeline.
+
+``run_worker`` enters every resource through one ``ExitStack``; a stop request
+(SIGTERM/SIGINT in :mod:`worker.cli`) only sets an event, and the pipeline
+drains, flushes and commits before the clients close.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import ExitStack
+
+from prometheus_client import CollectorRegistry
+
+from worker.health import HealthServer, HealthState
+from worker.kafka_io import connect_with_backoff, make_consumer, make_producer
+from worker.metrics import WorkerMetrics
+from worker.pipeline import Pipeline, PipelineConfig
+from worker.scoring import Scorer
+from worker.settings import WorkerSettings
+from worker.threshold import Threshold
+
+__all__ = ["pipeline_config", "run_worker"]
+
+logger = logging.getLogger(__name__)
+
+
+def pipeline_config(settings: WorkerSettings) -> PipelineConfig:
+    return PipelineConfig(
+        input_topic=settings.input_topic,
+        alert_topic=settings.alert_topic,
+        dlq_topic=settings.dlq_topic,
+        batch_max_records=settings.batch_max_records,
+        batch_max_wait_seconds=settings.batch_max_wait_seconds,
+        max_record_bytes=settings.max_record_bytes,
+        commit_interval_seconds=settings.commit_interval_seconds,
+        top_features=settings.top_features,
+        flush_timeout_seconds=settings.shutdown_timeout_seconds,
+    )
+
+
+def run_worker(
+    settings: WorkerSettings,
+    stop: threading.Event,
+    registry: CollectorRegistry | None = None,
+    max_seconds: float | None = None,
+) -> None:
+    """Run until ``stop`` is set. Raises BundleError for an unusable model (before connecting)."""
+    metrics = WorkerMetrics(registry)
+    health = HealthState(stall_seconds=max(60.0, 3 * settings.session_timeout_seconds))
+    with ExitStack() as stack:
+        server = HealthServer(
+            settings.metrics_host, settings.metrics_port, metrics.registry, health
+        )
+        server.start()
+        stack.callback(server.stop)
+
+        health.set_ready(False, "loading model")
+        scorer = Scorer.load(settings.model_path, settings.device)
+        meta = scorer.metadata
+        if settings.threshold is not None:
+            threshold = Threshold(settings.threshold, source="ANOMALY_THRESHOLD")
+            logger.info(
+                "threshold %.6g from ANOMALY_THRESHOLD (bundle: %.6g)",
+                settings.threshold,
+                meta.threshold,
+            )
+        else:
+            threshold = Threshold(meta.threshold)
+        metrics.set_model(meta.version, threshold.value)
+
+        health.set_ready(False, "connecting to Kafka")
+        backoff = settings.connect_backoff_max_seconds
+        consumer = connect_with_backoff(
+            lambda: make_consumer(settings), stop, "consumer", backoff, health.beat
+        )
+        if consumer is None:
+            return
+        stack.callback(consumer.close, autocommit=False)
+        producer = connect_with_backoff(
+            lambda: make_producer(settings), stop, "producer", backoff, health.beat
+        )
+        if producer is None:
+            return
+        stack.callback(producer.close, timeout=settings.shutdown_timeout_seconds)
+        logger.info(
+            "connected to %s; consuming %s as group %s",
+            settings.bootstrap_servers,
+            settings.input_topic,
+            settings.group_id,
+        )
+        health.set_ready(False, "joining consumer group")
+        pipeline = Pipeline(
+            pipeline_config(settings), consumer, producer, scorer, threshold, metrics, health
+        )
+        pipeline.subscribe()
+        pipeline.run(stop, max_seconds=max_seconds)
+        health.set_ready(False, "stopping")
+        logger.info("drained and committed; closing")

@@ -1,0 +1,166 @@
+"""The model bundle: the contract between ``training`` (writes) and the worker (serves).
+
+A bundle is a directory::
+
+    model.pt       TorchScript module (normalisation inside)
+    bundle.json    metadata (:class:`BundleMetadata`), including the sha256 of model.pt
+
+The TorchScript module takes raw features as float32 ``[B, D]`` and returns a
+tuple ``(score [B], feature_error [B, D], expected [B, D])``: the anomaly score
+(higher is more anomalous), each feature's contribution to it, and the value
+the model expected for each feature, in the input's units.
+
+:func:`write_bundle` writes ``bundle.json`` last, through a rename, so a reader
+never sees metadata that describes a half-written model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from worker.exceptions import BundleError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "METADATA_FILE",
+    "MODEL_FILE",
+    "BundleMetadata",
+    "ThresholdCalibration",
+    "read_metadata",
+    "sha256_file",
+    "write_bundle",
+]
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.pt"
+METADATA_FILE = "bundle.json"
+
+
+@dataclass(frozen=True)
+class ThresholdCalibration:
+    """How the bundle's threshold was chosen."""
+
+    method: str
+    """``quantile``: the (1 - target_alert_rate) quantile of held-out normal scores."""
+    target_alert_rate: float
+    """Fraction of normal records expected to alert."""
+    calibration_rows: int
+    """How many held-out rows the threshold was computed on."""
+    realised_alert_rate: float
+    """Fraction of those rows above the threshold."""
+
+
+@dataclass(frozen=True)
+class BundleMetadata:
+    """Everything a worker (or a person) needs to know about a bundle."""
+
+    version: str
+    feature_names: tuple[str, ...]
+    threshold: float
+    calibration: ThresholdCalibration
+    training: dict[str, Any]
+    sha256: str
+    torch_version: str
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["n_features"] = self.n_features
+        data["feature_names"] = list(self.feature_names)
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> BundleMetadata:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise BundleError("bundle metadata is not a JSON object")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise BundleError(
+                f"bundle format_version {data.get('format_version')!r} is not supported "
+                f"(this worker reads {FORMAT_VERSION})"
+            )
+        try:
+            names = tuple(str(n) for n in data["feature_names"])
+            if data.get("n_features", len(names)) != len(names):
+                raise BundleError(
+                    f"bundle says n_features={data['n_features']} but lists {len(names)} names"
+                )
+            return cls(
+                version=str(data["version"]),
+                feature_names=names,
+                threshold=float(data["threshold"]),
+                calibration=ThresholdCalibration(**data["calibration"]),
+                training=dict(data["training"]),
+                sha256=str(data["sha256"]),
+                torch_version=str(data["torch_version"]),
+                created_at=str(data["created_at"]),
+                format_version=int(data["format_version"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"bundle metadata is incomplete or malformed: {exc!r}") from exc
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_metadata(directory: Path) -> BundleMetadata:
+    """Read and verify a bundle's metadata against its TorchScript file (checksum)."""
+    meta_path, model_path = directory / METADATA_FILE, directory / MODEL_FILE
+    if not meta_path.is_file() or not model_path.is_file():
+        raise BundleError(
+            f"{directory} is not a model bundle (needs {METADATA_FILE} and {MODEL_FILE}); "
+            "write one with 'anomaly-train fit'"
+        )
+    try:
+        metadata = BundleMetadata.from_json(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"cannot read {meta_path}: {exc}") from exc
+    actual = sha256_file(model_path)
+    if actual != metadata.sha256:
+        raise BundleError(
+            f"{model_path} checksum mismatch: bundle.json says sha256 {metadata.sha256[:12]}..., "
+            f"file has {actual[:12]}... (corrupt or replaced)"
+        )
+    if not metadata.threshold > 0:
+        raise BundleError(f"bundle threshold must be > 0, got {metadata.threshold}")
+    return metadata
+
+
+def write_bundle(directory: Path, model_bytes: bytes, metadata: BundleMetadata) -> BundleMetadata:
+    """Write a bundle; ``metadata.sha256`` is replaced by the checksum of ``model_bytes``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(model_bytes).hexdigest()
+    final = replace(metadata, sha256=digest)
+    _atomic_write(directory / MODEL_FILE, model_bytes)
+    _atomic_write(directory / METADATA_FILE, final.to_json().encode("utf-8"))
+    return final
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,141 @@
+"""Prometheus metrics of the worker, on an injected registry (tests read them back)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["ArrayHistogram", "WorkerMetrics"]
+
+BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000)
+INFERENCE_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+SCORE_RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.5, 2.0, 5.0, 10.0, 100.0)
+
+
+class WorkerMetrics:
+    """Every metric the worker exports, named ``anomaly_<thing>_<unit>``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.records_consumed = Counter(
+            "anomaly_records_consumed",
+            "Messages read from the input topic, valid or not.",
+            registry=r,
+        )
+        self.records_invalid = Counter(
+            "anomaly_records_invalid",
+            "Messages sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.records_scored = Counter(
+            "anomaly_records_scored", "Records scored by the model.", registry=r
+        )
+        self.alerts = Counter("anomaly_alerts", "Alerts produced.", registry=r)
+        self.commits = Counter("anomaly_offset_commits", "Successful offset commits.", registry=r)
+        self.batch_size = Histogram(
+            "anomaly_batch_size", "Records per micro-batch.", buckets=BATCH_SIZE_BUCKETS, registry=r
+        )
+        self.inference_duration = Histogram(
+            "anomaly_inference_duration_seconds",
+            "Model time per micro-batch.",
+            buckets=INFERENCE_BUCKETS,
+            registry=r,
+        )
+        self.batch_duration = Histogram(
+            "anomaly_batch_duration_seconds",
+            "Decode + score + produce time per micro-batch.",
+            buckets=INFERENCE_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end_latency = Histogram(
+            "anomaly_end_to_end_latency_seconds",
+            "Event time of a record to its alert being acknowledged by the broker.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.score_ratio = ArrayHistogram(
+            "anomaly_score_ratio",
+            "Score divided by the threshold (above 1 alerts), per scored record.",
+            buckets=SCORE_RATIO_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "anomaly_consumer_lag",
+            "Records behind the partition's high-water mark (from fetch responses).",
+            ["partition"],
+            registry=r,
+        )
+        self.last_processed = Gauge(
+            "anomaly_last_processed_timestamp_seconds",
+            "Unix time the last micro-batch finished processing.",
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "anomaly_model_info", "The model being served (value 1).", ["version"], registry=r
+        )
+        self.model_threshold = Gauge(
+            "anomaly_model_threshold", "Threshold the served model alerts above.", registry=r
+        )
+        self.ready = Gauge(
+            "anomaly_ready", "1 when connected to the broker and serving, else 0.", registry=r
+        )
+
+    def set_model(self, version: str, threshold: float) -> None:
+        self.model_info.clear()
+        self.model_info.labels(version=version).set(1)
+        self.model_threshold.set(threshold)
+
+
+class ArrayHistogram(Collector):
+    """A histogram fed a whole numpy array at a time (one call per batch, not per record)."""
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = np.asarray(sorted(buckets), dtype=np.float64)
+        self._counts = np.zeros(len(self.bounds) + 1, dtype=np.int64)  # last: above every bound
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float64)
+        values = values[~np.isnan(values)]
+        counts = np.bincount(
+            np.searchsorted(self.bounds, values, side="left"), minlength=len(self._counts)
+        )
+        with self._lock:
+            self._counts += counts
+            self._sum += float(values.sum())
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            cumulative = np.cumsum(self._counts)
+            total = self._sum
+        buckets = [
+            (repr(float(b)), float(c)) for b, c in zip(self.bounds, cumulative[:-1], strict=True)
+        ]
+        buckets.append(("+Inf", float(cumulative[-1])))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)

@@ -1,0 +1,166 @@
+"""Worker settings: every field from an ``ANOMALY_*`` environment variable or ``.env``.
+
+Components receive the settings they need through their constructors; nothing
+else in the package reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "ANOMALY_"
+
+DEFAULT_BOOTSTRAP_SERVERS = "localhost:9092"
+DEFAULT_INPUT_TOPIC = "features"
+DEFAULT_ALERT_TOPIC = "anomalies"
+DEFAULT_DLQ_TOPIC = "features.dlq"
+DEFAULT_GROUP_ID = "anomaly-worker"
+DEFAULT_MODEL_PATH = Path("model")
+DEFAULT_METRICS_PORT = 9108
+DEFAULT_BATCH_MAX_RECORDS = 5000
+DEFAULT_BATCH_MAX_WAIT_SECONDS = 0.05
+DEFAULT_COMMIT_INTERVAL_SECONDS = 1.0
+DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 20.0
+DEFAULT_MAX_RECORD_BYTES = 1_048_576
+DEFAULT_TOP_FEATURES = 3
+
+
+class WorkerSettings(BaseSettings):
+    """Settings of ``anomaly-worker run``.
+
+    Each field reads ``ANOMALY_<FIELD NAME IN CAPITALS>``; a ``.env`` file in the
+    working directory is read too (the environment wins).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # --- Kafka ---------------------------------------------------------------
+    bootstrap_servers: str = Field(DEFAULT_BOOTSTRAP_SERVERS, min_length=1)
+    """Comma-separated ``host:port`` list of Kafka brokers."""
+    input_topic: str = Field(DEFAULT_INPUT_TOPIC, min_length=1)
+    """Topic of feature records to score."""
+    alert_topic: str = Field(DEFAULT_ALERT_TOPIC, min_length=1)
+    """Topic the alerts are written to."""
+    dlq_topic: str = Field(DEFAULT_DLQ_TOPIC, min_length=1)
+    """Dead-letter topic: every record that cannot be scored, unchanged, with error headers."""
+    group_id: str = Field(DEFAULT_GROUP_ID, min_length=1)
+    """Consumer group; workers sharing it share the input partitions."""
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    """Where a group with no committed offset starts reading."""
+    session_timeout_seconds: float = Field(10.0, ge=6.0, le=300.0)
+    """Consumer group session timeout; a joining worker waits about half of it."""
+    heartbeat_interval_seconds: float = Field(1.0, gt=0.0, le=60.0)
+    """Consumer group heartbeat interval; must be below a third of the session timeout."""
+    fetch_max_wait_seconds: float = Field(0.1, ge=0.0, le=5.0)
+    """How long the broker may hold a fetch waiting for data."""
+
+    # --- security --------------------------------------------------------------
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """Kafka security protocol."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """SASL mechanism, required with SASL_PLAINTEXT or SASL_SSL."""
+    sasl_username: str | None = None
+    """SASL user name."""
+    sasl_password: SecretStr | None = None
+    """SASL password (never logged)."""
+    ssl_cafile: Path | None = None
+    """CA bundle (PEM) to verify the brokers' certificates."""
+    ssl_certfile: Path | None = None
+    """Client certificate (PEM) for mutual TLS."""
+    ssl_keyfile: Path | None = None
+    """Client private key (PEM) for mutual TLS."""
+
+    # --- model and scoring ---------------------------------------------------------
+    model_path: Path = DEFAULT_MODEL_PATH
+    """Model bundle directory written by ``anomaly-train fit``."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the model runs: ``auto`` takes the GPU when one is present."""
+    threshold: float | None = Field(None, gt=0.0)
+    """Alert when score > threshold; unset uses the bundle's calibrated threshold."""
+    top_features: int = Field(DEFAULT_TOP_FEATURES, ge=0, le=100)
+    """How many top contributing features an alert lists."""
+
+    # --- batching, commits, shutdown -------------------------------------------------
+    batch_max_records: int = Field(DEFAULT_BATCH_MAX_RECORDS, ge=1, le=100_000)
+    """A micro-batch closes at this many records ..."""
+    batch_max_wait_seconds: float = Field(DEFAULT_BATCH_MAX_WAIT_SECONDS, gt=0.0, le=10.0)
+    """... or this long after its first record, whichever comes first."""
+    max_record_bytes: int = Field(DEFAULT_MAX_RECORD_BYTES, ge=64)
+    """Records larger than this go to the dead-letter topic as ``oversized``."""
+    commit_interval_seconds: float = Field(DEFAULT_COMMIT_INTERVAL_SECONDS, gt=0.0, le=300.0)
+    """Offsets are committed (after every alert is acknowledged) at this interval."""
+    shutdown_timeout_seconds: float = Field(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS, gt=0.0, le=600.0)
+    """On SIGTERM the worker finishes its batch, flushes and commits within this bound."""
+    connect_backoff_max_seconds: float = Field(10.0, gt=0.0, le=300.0)
+    """Longest pause between attempts to reach an unreachable broker."""
+
+    # --- observability -------------------------------------------------------------
+    metrics_host: str = "0.0.0.0"
+    """Address the metrics/health HTTP server binds to."""
+    metrics_port: int = Field(DEFAULT_METRICS_PORT, ge=0, le=65535)
+    """Port for ``/metrics``, ``/healthz`` and ``/readyz`` (0 picks a free port)."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Log level."""
+    log_format: Literal["text", "json"] = "text"
+    """``json`` writes one JSON object per line."""
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WorkerSettings:
+        if self.security_protocol.startswith("SASL"):
+            missing = [
+                name
+                for name in ("sasl_mechanism", "sasl_username", "sasl_password")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                names = ", ".join(ENV_PREFIX + n.upper() for n in missing)
+                raise ValueError(f"{self.security_protocol} needs {names}")
+        if self.heartbeat_interval_seconds * 3 > self.session_timeout_seconds:
+            raise ValueError(
+                f"{ENV_PREFIX}HEARTBEAT_INTERVAL_SECONDS must be at most a third of "
+                f"{ENV_PREFIX}SESSION_TIMEOUT_SECONDS"
+            )
+        if len({self.input_topic, self.alert_topic, self.dlq_topic}) < 3:
+            raise ValueError(
+                f"{ENV_PREFIX}INPUT_TOPIC, {ENV_PREFIX}ALERT_TOPIC and {ENV_PREFIX}DLQ_TOPIC "
+                "must be three different topics"
+            )
+        return self
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line naming each offending environment variable, its problem and its value."""
+    parts = []
+    for item in error.errors():
+        loc = [str(p) for p in item.get("loc", ()) if p != "__root__"]
+        message = item.get("msg", "invalid").removeprefix("Value error, ")
+        if loc:
+            name = ENV_PREFIX + loc[0].upper()
+            value = item.get("input")
+            shown = "" if isinstance(value, dict) or "password" in loc[0] else f" (got {value!r})"
+            parts.append(f"{name}: {message}{shown}")
+        else:
+            parts.append(message)
+    return "invalid settings: " + "; ".join(parts)
