@@ -5,7 +5,6 @@
 so nothing outside the bundle has to know about it.
 """
 
-
 import numpy as np
 import torch
 from torch import nn

@@ -135,6 +135,7 @@ def decode_batch(
     size = schema.size
     matrix = np.empty((len(records), size), dtype=np.float32)
     refused: dict[int, tuple[str, str]] = {}  # row -> (reason, detail)
+    _check_utf8(values, positions, refused)
 
     listed = [i for i, r in enumerate(records) if type(r.features) is list]
     if listed:
@@ -182,6 +183,26 @@ def _parse(
             reason, detail = _diagnose(value, max_bytes)
             invalid.append(Invalid(position, reason, detail))
     return records, np.asarray(kept, dtype=np.int64)
+
+
+def _check_utf8(
+    values: Sequence[bytes | None], positions: np.ndarray, refused: dict[int, tuple[str, str]]
+) -> None:
+    """msgspec skips unknown fields without checking their UTF-8; check the batch at once.
+
+    Every parsed value starts and ends with an ASCII byte, so their concatenation
+    is valid UTF-8 exactly when each of them is.
+    """
+    try:
+        b"".join([values[p] for p in positions]).decode("utf-8")
+        return
+    except UnicodeDecodeError:
+        pass
+    for row, position in enumerate(positions.tolist()):
+        try:
+            values[position].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            refused[row] = ("invalid_utf8", str(exc))
 
 
 def _fill_from_lists(

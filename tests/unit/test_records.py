@@ -35,6 +35,7 @@ def test_list_and_named_features_decode_to_one_matrix_in_model_order():
         (None, "empty_value"),
         (b"x" * 20_000, "oversized"),
         (b'{"features": [1, 2, 3, "\xff"]}', "invalid_utf8"),
+        (b'{"features": [1, 2, 3, 4], "skipped": "\xff\xfe"}', "invalid_utf8"),
         (b"{not json", "invalid_json"),
         (b"[1, 2, 3, 4]", "not_an_object"),
         (b'"text"', "not_an_object"),
