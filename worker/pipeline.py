@@ -101,17 +101,22 @@ class Pipeline:
         """Process until ``stop`` is set (or ``max_seconds`` pass), then drain and commit."""
         deadline = None if max_seconds is None else self._clock() + max_seconds
         while not stop.is_set() and (deadline is None or self._clock() < deadline):
-            self._collect(stop)
+            caught_up = self._collect(stop)
             self._process_pending()
-            if self._clock() - self._last_commit >= self.config.commit_interval_seconds:
+            due = self._clock() - self._last_commit >= self.config.commit_interval_seconds
+            if due or caught_up:
                 self.commit()
             self._update_lag()
             self.health.beat()
         self._process_pending()
         self.commit()
 
-    def _collect(self, stop: threading.Event) -> None:
-        """Fill the micro-batch until it is full, its wait is over, or a stop is requested."""
+    def _collect(self, stop: threading.Event) -> bool:
+        """Fill the micro-batch until it is full, its wait is over, or a stop is requested.
+
+        Returns True when a poll came back empty: the worker has caught up, a
+        good moment to commit without waiting for the interval.
+        """
         window = self._window
         while not stop.is_set():
             wait = min(window.remaining_seconds(), POLL_SLICE_SECONDS)
@@ -120,8 +125,11 @@ class Pipeline:
                 self._pending.extend(messages)
                 self._pending_last[(tp.topic, tp.partition)] = messages[-1].offset
                 window.add(len(messages))
-            if window.ready() or (window.count == 0 and not polled):
-                return
+            if not polled and (window.count == 0 or window.ready()):
+                return True
+            if window.ready():
+                return False
+        return False
 
     def _process_pending(self) -> None:
         if not self._pending:
