@@ -222,9 +222,8 @@ def summary(truth: dict[str, str], alerts: AlertCollector, metrics: dict[str, fl
     print("\n=== summary ===")
     print(f"records sent:        {len(truth)}  {kinds}")
     print(f"records consumed:    {metrics.get('anomaly_records_consumed_total', 0):.0f}")
-    print(
-        f"dead letters:        {metrics.get('invalid', 0):.0f} (malformed: {kinds.get('malformed', 0)})"
-    )
+    dead = metrics.get("invalid", 0)
+    print(f"dead letters:        {dead:.0f} (malformed sent: {kinds.get('malformed', 0)})")
     print(f"alerts:              {len(alerted)}  caught by kind: {caught}")
     print(f"precision / recall:  {precision:.3f} / {recall:.3f}")
     print(f"p99 end-to-end:      {p99_ms:.0f} ms")
