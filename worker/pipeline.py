@@ -112,21 +112,25 @@ class Pipeline:
         self.commit()
 
     def _collect(self, stop: threading.Event) -> bool:
-        """Fill the micro-batch until it is full, its wait is over, or a stop is requested.
+        """Fill the micro-batch until it is full, its wait is over, or nothing more is buffered.
+
+        Once the batch has records, polls do not wait: when the client's buffer is
+        empty its next fetch is already in flight, and processing the batch now
+        overlaps that fetch instead of idling through it.
 
         Returns True when a poll came back empty: the worker has caught up, a
         good moment to commit without waiting for the interval.
         """
         window = self._window
         while not stop.is_set():
-            wait = min(window.remaining_seconds(), POLL_SLICE_SECONDS)
+            wait = 0.0 if window.count else min(window.remaining_seconds(), POLL_SLICE_SECONDS)
             polled = self.consumer.poll(timeout_ms=int(wait * 1000), max_records=window.room)
             for tp, messages in polled.items():
                 self._pending.extend(messages)
                 self._pending_last[(tp.topic, tp.partition)] = messages[-1].offset
                 window.add(len(messages))
-            if not polled and (window.count == 0 or window.ready()):
-                return True
+            if not polled:
+                return window.count == 0  # caught up, or the buffer is drained mid-stream
             if window.ready():
                 return False
         return False
