@@ -115,9 +115,9 @@ def main() -> int:
         }
         worker = subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env)
         stack.callback(stop, worker)
-        cpu_before = cpu_seconds(worker.pid)
-        worker_rate = worker_drain(port, bootstrap, f"worker-{tag}", topic, ends)
-        cpu_used = cpu_seconds(worker.pid) - cpu_before
+        worker_rate, cpu_share = worker_drain(
+            port, bootstrap, f"worker-{tag}", topic, ends, worker.pid
+        )
         print(f"worker (drained and committed): {worker_rate:,.0f} records/s", flush=True)
 
         p50, p99, n = offered_load(
@@ -140,7 +140,7 @@ def main() -> int:
         f"latency at {args.offered_rate:,.0f} records/s offered: p50 {p50 * 1000:.0f} ms, "
         f"p99 {p99 * 1000:.0f} ms ({n} alerts)"
     )
-    print(f"worker CPU while draining: {cpu_used / (args.records / worker_rate):12.0%} of one core")
+    print(f"worker CPU while draining: {cpu_share:12.0%} of one core")
     print(f"worker peak RSS:           {rss:12.0f} MiB")
     print(f"worker exit code:          {code:12d}")
     return 0
@@ -208,12 +208,16 @@ def scrape(port: int, name: str) -> float:
     return 0.0
 
 
-def worker_drain(port: int, bootstrap: str, group: str, topic: str, ends: dict[int, int]) -> float:
+def worker_drain(
+    port: int, bootstrap: str, group: str, topic: str, ends: dict[int, int], pid: int
+) -> tuple[float, float]:
+    """Records/s from the first record consumed to the last committed, and CPU share meanwhile."""
     deadline = time.monotonic() + 600
     while scrape(port, "anomaly_records_consumed_total") == 0:
         assert time.monotonic() < deadline, "the worker consumed nothing"
         time.sleep(0.01)
     first = time.perf_counter()
+    cpu_first = cpu_seconds(pid)
     probe = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     partitions = [TopicPartition(topic, p) for p in ends]
     while True:
@@ -223,8 +227,9 @@ def worker_drain(port: int, bootstrap: str, group: str, topic: str, ends: dict[i
         assert time.monotonic() < deadline, f"not committed: {done} != {ends}"
         time.sleep(0.02)
     elapsed = time.perf_counter() - first
+    cpu_share = (cpu_seconds(pid) - cpu_first) / elapsed
     probe.close(autocommit=False)
-    return sum(ends.values()) / elapsed
+    return sum(ends.values()) / elapsed, cpu_share
 
 
 def offered_load(bootstrap, topic, alerts, rate, seconds, rng):  # type: ignore[no-untyped-def]

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from worker.app import run_worker
 from worker.exceptions import BundleError, DeliveryError
 from worker.logs import configure_logging
-from worker.settings import WorkerSettings, describe_validation_error
+from worker.settings import WorkerSettings, describe_validation_error, settings_table
 
 logger = logging.getLogger("worker")
 
@@ -30,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="consume, score and alert until SIGTERM/SIGINT")
     sub.add_parser("check", help="validate settings and the model bundle, then exit")
+    sub.add_parser("settings", help="print every setting (Markdown table) and exit")
     args = parser.parse_args(argv)
+    if args.command == "settings":
+        print(settings_table(), end="")
+        return EXIT_OK
 
     try:
         settings = WorkerSettings()

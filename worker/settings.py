@@ -42,6 +42,7 @@ class WorkerSettings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         validate_default=True,
+        use_attribute_docstrings=True,
     )
 
     # --- Kafka ---------------------------------------------------------------
@@ -164,3 +165,14 @@ def describe_validation_error(error: ValidationError) -> str:
         else:
             parts.append(message)
     return "invalid settings: " + "; ".join(parts)
+
+
+def settings_table() -> str:
+    """The settings as a Markdown table (README and docs embed it; a test keeps it current)."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in WorkerSettings.model_fields.items():
+        default = field.default
+        shown = "(unset)" if default is None else f"`{default}`"
+        description = (field.description or "").replace("``", "`").replace("|", "\\|")
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {description} |")
+    return "\n".join(rows) + "\n"

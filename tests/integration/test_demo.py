@@ -1,0 +1,42 @@
+"""The README's first command: the demo runs end to end on the embedded broker."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from demo.broker import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_trains_streams_and_reports(kafka_bootstrap, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANOMALY_")}
+    args = [
+        "--duration",
+        "6",
+        "--rate",
+        "1500",
+        "--workdir",
+        str(tmp_path),
+        "--metrics-port",
+        str(free_port()),
+    ]
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        args += ["--bootstrap-servers", kafka_bootstrap]
+    result = subprocess.run(
+        [sys.executable, "-m", "demo", *args], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "worker ready" in out and "=== summary ===" in out
+    sent = int(re.search(r"records sent:\s+(\d+)", out).group(1))
+    consumed = int(re.search(r"records consumed:\s+(\d+)", out).group(1))
+    assert sent > 5000 and consumed == sent
+    precision, recall = map(
+        float, re.search(r"precision / recall:\s+([\d.]+) / ([\d.]+)", out).groups()
+    )
+    assert recall >= 0.9 and precision >= 0.5
+    assert (tmp_path / "model" / "bundle.json").is_file()
