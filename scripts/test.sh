@@ -6,6 +6,7 @@ scripts/setup.sh test
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+.venv/bin/hadolint Dockerfile
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

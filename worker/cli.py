@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # e.g. the metrics port is taken
         print(f"anomaly-worker: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except Exception:
+        logger.exception("stopping on an unexpected error; uncommitted records will be read again")
+        return EXIT_FAILED
     return EXIT_OK
 
 

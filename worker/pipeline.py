@@ -91,6 +91,7 @@ class Pipeline:
         self._lag_labelled: set[Partition] = set()
         self._failures: list[BaseException] = []
         self._failures_lock = threading.Lock()
+        self._broken = False  # a delivery failed: never commit again in this process
         self._last_commit = clock()
 
     # --- the loop -------------------------------------------------------------------
@@ -224,16 +225,20 @@ class Pipeline:
     def commit(self, partitions: Sequence[Partition] | None = None) -> None:
         """Flush the producer, then commit what it acknowledged (see the module docstring)."""
         self._last_commit = self._clock()
+        if self._broken:
+            return
         offsets = self._offsets.to_commit(partitions)
         if not offsets:
             return
         try:
             self.producer.flush(timeout=self.config.flush_timeout_seconds)
         except KafkaError as exc:
+            self._broken = True
             raise DeliveryError(f"producer flush did not complete: {exc!r}") from exc
         with self._failures_lock:
-            failures, self._failures = self._failures, []
+            failures = list(self._failures)
         if failures:
+            self._broken = True
             raise DeliveryError(
                 f"{len(failures)} output(s) were not acknowledged (first: {failures[0]!r}); "
                 "offsets not committed"
@@ -255,8 +260,9 @@ class Pipeline:
 
     def on_revoked(self, revoked: set[Partition]) -> None:
         """Finish the batch in hand, flush and commit before the partitions move."""
-        self._process_pending()
-        self.commit()
+        if not self._broken:
+            self._process_pending()
+            self.commit()
         self._offsets.forget(revoked)
         self._assigned -= revoked
         for partition in revoked & self._lag_labelled:

@@ -144,6 +144,11 @@ def test_an_unacknowledged_output_stops_before_any_commit(tmp_path):
     with pytest.raises(DeliveryError, match="not acknowledged"):
         run_once(pipeline)
     assert consumer.commits == []
+    # Closing the consumer afterwards revokes the partitions: still nothing may be committed.
+    producer.fail_with = None
+    consumer.listener.on_partitions_revoked({TopicPartition("in", 0)})
+    pipeline.commit()
+    assert consumer.commits == []
 
 
 def test_revocation_finishes_the_batch_in_hand_and_commits(tmp_path):
