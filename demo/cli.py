@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -39,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         "--bootstrap-servers", help="use this Kafka cluster instead of the embedded broker"
     )
     parser.add_argument("--metrics-port", type=int, default=9108, help="the worker's /metrics port")
-    parser.add_argument("--workdir", type=Path, default=None, help="model and worker log go here")
+    parser.add_argument(
+        "--workdir", type=Path, default=Path("demo-output"), help="model and worker log go here"
+    )
     parser.add_argument(
         "--target-alert-rate", type=float, default=0.002, help="false alarms the threshold allows"
     )
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             broker = stack.enter_context(LocalBroker())
             bootstrap = broker.bootstrap_servers
             say(f"embedded Kafka-protocol broker (Tansu) on {bootstrap}")
-        workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        workdir = args.workdir
         workdir.mkdir(parents=True, exist_ok=True)
         tag = uuid.uuid4().hex[:6]
         topics = {
