@@ -18,6 +18,8 @@ from worker.health import HealthServer, HealthState
 from worker.kafka_io import connect_with_backoff, make_consumer, make_producer
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Pipeline, PipelineConfig
+from worker.registry import resolve_bundle
+from worker.reload import ModelWatcher
 from worker.scoring import Scorer
 from worker.settings import WorkerSettings
 from worker.threshold import Threshold
@@ -77,7 +79,8 @@ def run_worker(
         stack.callback(server.stop)
 
         health.set_ready(False, "loading model")
-        scorer = Scorer.load(settings.model_path, settings.device)
+        bundle_path, registry_version = resolve_bundle(settings.model_path)
+        scorer = Scorer.load(bundle_path, settings.device)
         meta = scorer.metadata
         if settings.threshold is not None:
             threshold = Threshold(settings.threshold, source="ANOMALY_THRESHOLD")
@@ -110,9 +113,29 @@ def run_worker(
             settings.input_topic,
             settings.group_id,
         )
+        watcher = None
+        if registry_version is not None:
+            watcher = ModelWatcher(
+                settings.model_path,
+                scorer,
+                registry_version,
+                settings.device,
+                settings.model_poll_seconds,
+                on_result=lambda result, _: metrics.model_reloads.labels(result=result).inc(),
+            )
+            watcher.start()
+            stack.callback(watcher.stop)
+            logger.info("watching registry %s for new models", settings.model_path)
         health.set_ready(False, "joining consumer group")
         pipeline = Pipeline(
-            pipeline_config(settings), consumer, producer, scorer, threshold, metrics, health
+            pipeline_config(settings),
+            consumer,
+            producer,
+            scorer,
+            threshold,
+            metrics,
+            health,
+            watcher=watcher,
         )
         pipeline.subscribe()
         tune_garbage_collector()

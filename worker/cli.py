@@ -44,10 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
 
     if args.command == "check":
+        from worker.registry import resolve_bundle
         from worker.scoring import Scorer
 
         try:
-            scorer = Scorer.load(settings.model_path, settings.device)
+            scorer = Scorer.load(resolve_bundle(settings.model_path)[0], settings.device)
         except BundleError as exc:
             print(f"anomaly-worker: {exc}", file=sys.stderr)
             return EXIT_CONFIG

@@ -113,6 +113,17 @@ class WorkerMetrics:
         self.model_info = Gauge(
             "anomaly_model_info", "The model being served (value 1).", ["version"], registry=r
         )
+        self.model_reloads = Counter(
+            "anomaly_model_reloads",
+            "Models picked up from the registry while running, by result (loaded, refused).",
+            ["result"],
+            registry=r,
+        )
+        self.model_loaded = Gauge(
+            "anomaly_model_loaded_timestamp_seconds",
+            "Unix time the served model was loaded.",
+            registry=r,
+        )
         self.model_threshold = Gauge(
             "anomaly_model_threshold", "Threshold the served model alerts above.", registry=r
         )
@@ -124,6 +135,7 @@ class WorkerMetrics:
         self.model_info.clear()
         self.model_info.labels(version=version).set(1)
         self.model_threshold.set(threshold)
+        self.model_loaded.set_to_current_time()
 
 
 class ArrayHistogram(Collector):

@@ -36,6 +36,7 @@ from worker.messages import SourceMessage
 from worker.metrics import WorkerMetrics
 from worker.offsets import OffsetTracker, Partition
 from worker.records import DecodedBatch, FeatureSchema, decode_batch
+from worker.reload import ModelWatcher
 from worker.scoring import Scorer
 from worker.threshold import Threshold
 
@@ -76,12 +77,14 @@ class Pipeline:
         metrics: WorkerMetrics,
         health: HealthState,
         clock: Callable[[], float] = time.monotonic,
+        watcher: ModelWatcher | None = None,
     ) -> None:
         self.config = config
         self.consumer, self.producer = consumer, producer
         self.scorer, self.threshold = scorer, threshold
         self.schema = FeatureSchema(scorer.metadata.feature_names)
         self.metrics, self.health = metrics, health
+        self.watcher = watcher
         self._clock = clock
         self._window = BatchWindow(config.batch_max_records, config.batch_max_wait_seconds, clock)
         self._pending: list[SourceMessage] = []
@@ -137,6 +140,8 @@ class Pipeline:
         return False
 
     def _process_pending(self) -> None:
+        if self.watcher is not None:
+            self._maybe_swap_model()
         if not self._pending:
             return
         messages, last = self._pending, self._pending_last
@@ -145,6 +150,19 @@ class Pipeline:
         self.process(messages)
         for partition, offset in last.items():
             self._offsets.mark(partition, offset)
+
+    def _maybe_swap_model(self) -> None:
+        assert self.watcher is not None
+        scorer = self.watcher.take()
+        if scorer is None:
+            return
+        previous = self.scorer.metadata.version
+        self.scorer = scorer
+        if self.threshold.source == "bundle":
+            self.threshold = Threshold(scorer.metadata.threshold)
+        self.metrics.set_model(scorer.metadata.version, self.threshold.value)
+        self.metrics.model_reloads.labels(result="loaded").inc()
+        logger.info("now serving model %s (was %s)", scorer.metadata.version, previous)
 
     # --- one batch --------------------------------------------------------------------
     def process(self, messages: Sequence[SourceMessage]) -> None:

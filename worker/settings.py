@@ -83,7 +83,9 @@ class WorkerSettings(BaseSettings):
 
     # --- model and scoring ---------------------------------------------------------
     model_path: Path = DEFAULT_MODEL_PATH
-    """Model bundle directory written by ``anomaly-train fit``."""
+    """A bundle directory (``anomaly-train fit --output``) or a registry (``--registry``)."""
+    model_poll_seconds: float = Field(10.0, gt=0.0, le=3600.0)
+    """With a registry: how often to look for a newly promoted model (hot reload)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the model runs: ``auto`` takes the GPU when one is present."""
     threshold: float | None = Field(None, gt=0.0)
