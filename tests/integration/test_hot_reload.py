@@ -60,9 +60,7 @@ def test_switches_v1_to_v2_mid_stream_and_refuses_a_corrupt_candidate(
     bodies = [json.loads(a.value) for a in alerts]
     assert sorted(b["id"] for b in bodies) == sorted(sent)  # each record scored exactly once
     versions_by_partition = defaultdict(list)
-    for alert, body in sorted(
-        zip(alerts, bodies, strict=True), key=lambda ab: ab[1]["source"]["offset"]
-    ):
+    for body in sorted(bodies, key=lambda b: b["source"]["offset"]):
         versions_by_partition[body["source"]["partition"]].append(body["model_version"])
     seen = {v for vs in versions_by_partition.values() for v in vs}
     assert seen == {"v1", "v2"}
