@@ -1,64 +1,449 @@
-"""``anomaly-train``: fit a model bundle from a file of normal rows."""
+"""``anomaly-train``: fit, score, evaluate, manage the model registry, retrain on a schedule.
+
+Kafka connection settings default to the worker's ``ANOMALY_*`` variables (bootstrap
+servers, topics, SASL/SSL), so a trainer and a worker can share one configuration.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import logging
+import re
+import signal
 import sys
+import threading
+from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from training.data import load_table
+import numpy as np
+from pydantic import ValidationError
+
+from training.data import Table, load_table
+from training.evaluate import evaluate, plot_curves, score_table
 from training.exceptions import TrainingError
 from training.fit import FitConfig, fit_bundle
+from training.kafka_window import alerted_ids, infer_feature_names, normal_traffic, read_window
+from training.promotion import GateConfig, promote, prune, register, rollback
+from training.report import write_report
 from worker.exceptions import BundleError
+from worker.kafka_io import client_config
 from worker.logs import configure_logging
+from worker.registry import Registry
+from worker.scoring import Scorer
+from worker.settings import WorkerSettings, describe_validation_error
+
+logger = logging.getLogger("training")
+
+KAFKA_TRAINING_TRIM = 0.01  # robust pass default for traffic read from Kafka
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="anomaly-train", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    fit = sub.add_parser("fit", help="train an autoencoder and write a model bundle")
-    fit.add_argument("--input", required=True, type=Path, help=".npz (X[, y]), .csv or .jsonl")
-    fit.add_argument("--output", required=True, type=Path, help="bundle directory to write")
-    fit.add_argument(
-        "--target-alert-rate",
-        type=float,
-        default=0.01,
-        help="fraction of held-out normal rows to alert (default 0.01)",
-    )
-    fit.add_argument("--epochs", type=int, default=200, help="most epochs (early stopping)")
-    fit.add_argument("--hidden", type=int, default=None, help="hidden width (default from D)")
-    fit.add_argument("--latent", type=int, default=None, help="latent size (default D/2)")
-    fit.add_argument("--seed", type=int, default=0, help="random seed (runs are reproducible)")
-    fit.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    fit.add_argument("--log-level", default="INFO")
+    parser = _parser()
     args = parser.parse_args(argv)
     configure_logging(args.log_level.upper())
-
-    config = FitConfig(
-        target_alert_rate=args.target_alert_rate,
-        epochs=args.epochs,
-        hidden=args.hidden,
-        latent=args.latent,
-        seed=args.seed,
-        device=args.device,
-    )
     try:
-        table = load_table(args.input)
-        metadata = fit_bundle(table, args.output, config)
+        return int(args.handler(args))
+    except ValidationError as exc:
+        print(f"anomaly-train: {describe_validation_error(exc)}", file=sys.stderr)
     except (TrainingError, BundleError, OSError) as exc:
         print(f"anomaly-train: {exc}", file=sys.stderr)
-        return 2
-    logging.getLogger("training").info(
-        "wrote model %s to %s: %d features, threshold %.6g (%s, target alert rate %.3g)",
+    return 2
+
+
+# --- commands ----------------------------------------------------------------------------
+def cmd_fit(args: argparse.Namespace) -> int:
+    config = _fit_config(args, kafka=args.from_kafka)
+    exclusions: dict[str, int] = {}
+    if args.from_kafka:
+        registry = (
+            Registry(args.registry)
+            if args.registry and Registry.is_registry(args.registry)
+            else None
+        )
+        traffic, _ = _kafka_traffic(args, registry)
+        table, exclusions = traffic.table, traffic.excluded
+    elif args.input is not None:
+        table = load_table(args.input)
+    else:
+        raise TrainingError("give --input FILE or --from-kafka")
+    if args.registry is not None:
+        registry = Registry.create(args.registry)
+        version = register(registry, table, config, exclusions)
+        print(version)
+        if args.promote:
+            sample = load_table(args.sample).X if args.sample else None
+            result = promote(registry, version, sample, _gate_config(args), force=args.force)
+            _print_gate(version, result)
+            return 0 if result.accepted else 3
+        return 0
+    if args.output is None:
+        raise TrainingError("give --output DIR (a bundle) or --registry DIR")
+    metadata = fit_bundle(
+        table,
+        args.output,
+        config,
+        exclusions,
+        after_write=lambda d, m, r: write_report(d, m, r.report),
+    )
+    logger.info(
+        "wrote model %s to %s: %d features, threshold %.6g (%s)",
         metadata.version,
         args.output,
         metadata.n_features,
         metadata.threshold,
         metadata.calibration.method,
-        metadata.calibration.target_alert_rate,
     )
     return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    table = load_table(args.input)
+    scores, scorer = score_table(args.model, table, args.device)
+    with args.output.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["row", "score", "alert"])
+        threshold = scorer.metadata.threshold
+        for i, s in enumerate(scores):
+            writer.writerow([i, f"{float(s):.9g}", int(s > threshold)])
+    logger.info(
+        "scored %d rows with model %s into %s", len(scores), scorer.metadata.version, args.output
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    table = load_table(args.input)
+    if table.y is None:
+        raise TrainingError(f"{args.input} has no labels (y / label / is_anomaly)")
+    scores, scorer = score_table(args.model, table, args.device)
+    result = evaluate(table.y, scores, scorer.metadata.threshold)
+    print(json.dumps({"model": scorer.metadata.version, **asdict(result)}, indent=2))
+    if args.plot:
+        plot_curves(args.plot, table.y, scores, result)
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    registry = Registry(args.registry)
+    current = registry.current()
+    print(f"{'':2}{'version':<32} {'state':<12} {'threshold':>10}  notes")
+    for version in registry.versions():
+        status = registry.status(version)
+        try:
+            meta = json.loads((registry.path_of(version) / "bundle.json").read_text())
+            threshold = f"{meta['threshold']:.4g}"
+        except (OSError, ValueError, KeyError):
+            threshold = "?"
+        notes = "; ".join(status.get("reasons", []) or status.get("notes", []))
+        print(
+            f"{'*' if version == current else '':2}{version:<32} {status['state']:<12} "
+            f"{threshold:>10}  {notes}"
+        )
+    return 0
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    registry = Registry(args.registry)
+    sample: np.ndarray | None = None
+    if args.sample:
+        sample = load_table(args.sample).X
+    elif args.sample_from_kafka:
+        traffic, _ = _kafka_traffic(args, registry)
+        sample = traffic.table.X
+    result = promote(registry, args.version, sample, _gate_config(args), force=args.force)
+    _print_gate(args.version, result)
+    return 0 if result.accepted else 3
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    print(rollback(Registry(args.registry)))
+    return 0
+
+
+def cmd_models_prune(args: argparse.Namespace) -> int:
+    for version in prune(Registry(args.registry), args.keep):
+        print(f"removed {version}")
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    return 0 if retrain_once(args) else 3
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    period = parse_duration(args.every)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    logger.info("retraining every %s into %s", args.every, args.registry)
+    while not stop.is_set():
+        try:
+            retrain_once(args)
+        except (TrainingError, BundleError, OSError) as exc:
+            logger.error("retraining failed, will try again next period: %s", exc)
+        stop.wait(period)
+    return 0
+
+
+def retrain_once(args: argparse.Namespace) -> bool:
+    """Read a window, keep normal rows, register a candidate, gate it on the newest 20%."""
+    registry = Registry.create(args.registry)
+    traffic, _ = _kafka_traffic(args, registry)
+    X, order = traffic.table.X, np.argsort(traffic.timestamps, kind="stable")
+    cut = int(len(order) * 0.8)
+    train_rows, sample_rows = np.sort(order[:cut]), np.sort(order[cut:])
+    table = Table(X[train_rows], traffic.table.feature_names)
+    version = register(registry, table, _fit_config(args, kafka=True), traffic.excluded)
+    result = promote(registry, version, X[sample_rows], _gate_config(args))
+    _print_gate(version, result)
+    return result.accepted
+
+
+# --- helpers -----------------------------------------------------------------------------------
+def _kafka_traffic(
+    args: argparse.Namespace, registry: Registry | None
+) -> tuple[Any, Scorer | None]:
+    overrides = {
+        k: v
+        for k, v in {
+            "bootstrap_servers": args.bootstrap_servers,
+            "input_topic": args.topic,
+            "alert_topic": args.alert_topic,
+        }.items()
+        if v
+    }
+    settings = WorkerSettings(**overrides)
+    client = client_config(settings)
+    current = None
+    if registry is not None and registry.current() is not None:
+        current = Scorer.load(registry.path_of(registry.current() or ""), "cpu")
+    since = parse_time(args.since) if args.since else None
+    last = None if since is not None and args.last is None else (args.last or 50_000)
+    records = read_window(client, settings.input_topic, last=last, since=since)
+    if not records:
+        raise TrainingError(f"the window of {settings.input_topic!r} is empty")
+    alerts = []
+    if not args.no_alert_topic:
+        first_ts = min(r.timestamp for r in records) / 1000.0
+        alerts = read_window(client, settings.alert_topic, since=first_ts)
+    names = current.metadata.feature_names if current else infer_feature_names(records)
+    return normal_traffic(records, names, alerted_ids(alerts), current), current
+
+
+def _fit_config(args: argparse.Namespace, kafka: bool) -> FitConfig:
+    trim = (
+        args.trim_fraction
+        if args.trim_fraction is not None
+        else (KAFKA_TRAINING_TRIM if kafka else 0.0)
+    )
+    return FitConfig(
+        target_alert_rate=args.target_alert_rate,
+        threshold_method=args.threshold_method,
+        mad_k=args.mad_k,
+        epochs=args.epochs,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        hidden=tuple(int(w) for w in args.hidden.split(",")) if args.hidden else None,
+        latent=args.latent,
+        activation=args.activation,
+        dropout=args.dropout,
+        loss=args.loss,
+        noise=args.noise,
+        trim_fraction=trim,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+
+
+def _gate_config(args: argparse.Namespace) -> GateConfig:
+    return GateConfig(
+        max_rate_factor=args.max_rate_factor, max_error_increase=args.max_error_increase
+    )
+
+
+def _print_gate(version: str, result: Any) -> None:
+    verdict = "promoted" if result.accepted else "rejected"
+    print(f"{version}: {verdict}" + (f" ({'; '.join(result.reasons)})" if result.reasons else ""))
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``30m``, ``6h``, ``1d`` -> seconds.
+
+    >>> parse_duration("6h")
+    21600.0
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if not match:
+        raise TrainingError(f"not a duration: {text!r} (use e.g. 90s, 30m, 6h, 1d)")
+    return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def parse_time(text: str) -> float:
+    """Epoch seconds or ISO-8601 -> epoch seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise TrainingError(f"not a time: {text!r} (epoch seconds or ISO-8601)") from exc
+    if parsed.tzinfo is None:
+        from datetime import UTC
+
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anomaly-train", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_options(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("model and training")
+        g.add_argument(
+            "--target-alert-rate",
+            type=float,
+            default=0.01,
+            help="quantile rule: share of held-out normal rows that alert (0.01)",
+        )
+        g.add_argument("--threshold-method", choices=["quantile", "mad"], default="quantile")
+        g.add_argument("--mad-k", type=float, default=5.0, help="mad rule: median + k * MAD (5)")
+        g.add_argument(
+            "--hidden", help="encoder widths, e.g. 128,64,32 (default: one layer ~2 x D)"
+        )
+        g.add_argument("--latent", type=int, help="latent size (default D / 2)")
+        g.add_argument(
+            "--activation", default="relu", choices=["relu", "leaky_relu", "elu", "gelu", "tanh"]
+        )
+        g.add_argument("--dropout", type=float, default=0.0)
+        g.add_argument("--weight-decay", type=float, default=0.0)
+        g.add_argument(
+            "--loss", choices=["mse", "bce"], default="mse", help="bce: features in [0, 1]"
+        )
+        g.add_argument(
+            "--noise", type=float, default=0.0, help="denoising input noise (scaled units)"
+        )
+        g.add_argument(
+            "--trim-fraction",
+            type=float,
+            default=None,
+            help="robust pass: drop the worst-reconstructed share and refit "
+            "(default 0, or 0.01 for Kafka traffic)",
+        )
+        g.add_argument("--epochs", type=int, default=200)
+        g.add_argument("--patience", type=int, default=15, help="early stopping patience (epochs)")
+        g.add_argument("--batch-size", type=int, default=256)
+        g.add_argument("--learning-rate", type=float, default=1e-3)
+        g.add_argument("--seed", type=int, default=0, help="same seed and data: same model")
+        g.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+        g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def kafka_options(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("Kafka window (defaults: the worker's ANOMALY_* settings)")
+        g.add_argument("--bootstrap-servers")
+        g.add_argument("--topic", help="input topic (ANOMALY_INPUT_TOPIC)")
+        g.add_argument(
+            "--alert-topic", help="alert topic whose ids are excluded (ANOMALY_ALERT_TOPIC)"
+        )
+        g.add_argument("--no-alert-topic", action="store_true", help="do not read the alert topic")
+        g.add_argument("--last", type=int, help="last N records per partition (default 50000)")
+        g.add_argument("--since", help="records since this time (epoch seconds or ISO-8601)")
+
+    def gate_options(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("promotion gate")
+        g.add_argument(
+            "--max-rate-factor",
+            type=float,
+            default=3.0,
+            help="sample alert rate within calibrated rate x/÷ this (3)",
+        )
+        g.add_argument(
+            "--max-error-increase",
+            type=float,
+            default=0.25,
+            help="allowed rise of median sample error over the current model (0.25)",
+        )
+
+    fit = sub.add_parser("fit", help="train an autoencoder; write a bundle or register a candidate")
+    fit.add_argument("--input", type=Path, help=".npz (X[, y]), .csv (header) or .jsonl records")
+    fit.add_argument(
+        "--from-kafka", action="store_true", help="train on a window of the input topic"
+    )
+    fit.add_argument("--output", type=Path, help="bundle directory to write")
+    fit.add_argument("--registry", type=Path, help="register a candidate version here instead")
+    fit.add_argument(
+        "--promote", action="store_true", help="with --registry: promote through the gate"
+    )
+    fit.add_argument("--sample", type=Path, help="recent normal traffic for the gate (a file)")
+    fit.add_argument("--force", action="store_true", help="promote without the gate")
+    model_options(fit)
+    kafka_options(fit)
+    gate_options(fit)
+    fit.set_defaults(handler=cmd_fit)
+
+    score = sub.add_parser(
+        "score", help="one score per input row, in order (the worker's code path)"
+    )
+    score.add_argument("--model", type=Path, required=True, help="a bundle or a registry")
+    score.add_argument("--input", type=Path, required=True)
+    score.add_argument("--output", type=Path, required=True, help="CSV: row, score, alert")
+    score.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+    score.set_defaults(handler=cmd_score)
+
+    ev = sub.add_parser("evaluate", help="ROC-AUC, PR-AUC, precision/recall/F1 on labelled rows")
+    ev.add_argument("--model", type=Path, required=True)
+    ev.add_argument(
+        "--input", type=Path, required=True, help="labelled: .npz with y, or .csv with label"
+    )
+    ev.add_argument("--plot", type=Path, help="write ROC and precision-recall curves (PNG)")
+    ev.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+    ev.set_defaults(handler=cmd_evaluate)
+
+    models = sub.add_parser("models", help="the registry: list, promote, rollback, prune")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    for name, handler, helptext in (
+        ("list", cmd_models_list, "versions, their state, the current one (*)"),
+        ("rollback", cmd_models_rollback, "make the previous current version current again"),
+    ):
+        p = msub.add_parser(name, help=helptext)
+        p.add_argument("--registry", type=Path, required=True)
+        p.set_defaults(handler=handler)
+    p = msub.add_parser("promote", help="make a version current if it passes the gate")
+    p.add_argument("version")
+    p.add_argument("--registry", type=Path, required=True)
+    p.add_argument("--sample", type=Path, help="recent normal traffic for the gate (a file)")
+    p.add_argument("--sample-from-kafka", action="store_true", help="gate on a window of traffic")
+    p.add_argument("--force", action="store_true", help="skip the gate (the model must still load)")
+    kafka_options(p)
+    gate_options(p)
+    p.set_defaults(handler=cmd_models_promote)
+    p = msub.add_parser("prune", help="remove old versions (never the current or rollback target)")
+    p.add_argument("--registry", type=Path, required=True)
+    p.add_argument("--keep", type=int, required=True)
+    p.set_defaults(handler=cmd_models_prune)
+
+    for name, handler, helptext in (
+        ("retrain", cmd_retrain, "one cycle: fit on Kafka traffic, gate, promote (for a CronJob)"),
+        ("schedule", cmd_schedule, "retrain in a loop (for compose-style deployments)"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--registry", type=Path, required=True)
+        if name == "schedule":
+            p.add_argument("--every", required=True, help="period, e.g. 6h, 30m")
+        model_options(p)
+        kafka_options(p)
+        gate_options(p)
+        p.set_defaults(handler=handler)
+    return parser
 
 
 if __name__ == "__main__":

@@ -6,40 +6,82 @@ import copy
 import hashlib
 import io
 import logging
+import sys
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from training.data import Table
 from training.exceptions import TrainingError
-from training.model import AutoEncoder, ScoringModule, default_widths, robust_scaling
+from training.model import ACTIVATIONS, AutoEncoder, ScoringModule, default_widths, robust_scaling
 from worker.bundle import BundleMetadata, ThresholdCalibration, write_bundle
 
-__all__ = ["FitConfig", "FitResult", "fit_bundle", "train"]
+__all__ = ["FitConfig", "FitResult", "build_bundle", "calibrate", "fit_bundle", "train"]
 
 logger = logging.getLogger(__name__)
 
 MIN_ROWS = 20
+MAD_TO_SIGMA = 1.4826
 
 
 @dataclass(frozen=True)
 class FitConfig:
+    """Everything ``anomaly-train fit`` can set; the defaults need no tuning."""
+
     target_alert_rate: float = 0.01
-    """Fraction of held-out normal rows that should score above the threshold."""
+    """quantile rule: fraction of held-out normal rows that should score above the threshold."""
+    threshold_method: str = "quantile"
+    """``quantile`` (target alert rate) or ``mad`` (median + k * MAD of held-out scores)."""
+    mad_k: float = 5.0
+    """k of the ``mad`` rule."""
     validation_fraction: float = 0.2
     epochs: int = 200
     patience: int = 15
     batch_size: int = 256
     learning_rate: float = 1e-3
-    hidden: int | None = None
+    weight_decay: float = 0.0
+    hidden: tuple[int, ...] | None = None
+    """Encoder widths, e.g. (128, 64, 32); default one layer of ~2 x D."""
     latent: int | None = None
+    activation: str = "relu"
+    dropout: float = 0.0
+    loss: str = "mse"
+    """``mse`` or ``bce`` (features in [0, 1])."""
+    noise: float = 0.0
+    """Denoising: std of Gaussian noise added to scaled inputs while training."""
+    trim_fraction: float = 0.0
+    """Robust pass: drop this fraction of worst-reconstructed training rows and refit."""
     seed: int = 0
     device: str = "cpu"
+    progress: bool = False
+
+    def validate(self) -> None:
+        problems = []
+        if self.threshold_method not in ("quantile", "mad"):
+            problems.append(
+                f"threshold method must be quantile or mad, got {self.threshold_method!r}"
+            )
+        if not 0 < self.target_alert_rate < 0.5:
+            problems.append(f"target alert rate must be in (0, 0.5), got {self.target_alert_rate}")
+        if self.loss not in ("mse", "bce"):
+            problems.append(f"loss must be mse or bce, got {self.loss!r}")
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"activation must be one of {sorted(ACTIVATIONS)}")
+        if not 0 <= self.dropout < 1 or not 0 <= self.trim_fraction < 0.5 or self.noise < 0:
+            problems.append("dropout in [0, 1), trim fraction in [0, 0.5) and noise >= 0 please")
+        if self.hidden is not None and (not self.hidden or min(self.hidden) < 1):
+            problems.append(f"hidden widths must be positive, got {self.hidden}")
+        if self.epochs < 1 or self.batch_size < 1 or self.mad_k <= 0:
+            problems.append("epochs, batch size and k must be positive")
+        if problems:
+            raise TrainingError("; ".join(problems))
 
 
 @dataclass
@@ -47,47 +89,131 @@ class FitResult:
     module: torch.jit.ScriptModule
     threshold: float
     calibration: ThresholdCalibration
-    report: dict
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def calibrate(scores: np.ndarray, config: FitConfig) -> tuple[float, ThresholdCalibration]:
+    """A threshold from held-out normal scores, and how it was chosen."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if config.threshold_method == "mad":
+        median = float(np.median(scores))
+        mad = float(np.median(np.abs(scores - median))) * MAD_TO_SIGMA
+        threshold = median + config.mad_k * max(mad, 1e-12)
+    else:
+        threshold = float(np.quantile(scores, 1.0 - config.target_alert_rate, method="higher"))
+    threshold = max(threshold, 1e-12)
+    realised = float((scores > threshold).mean())
+    return threshold, ThresholdCalibration(
+        method=config.threshold_method,
+        target_alert_rate=config.target_alert_rate
+        if config.threshold_method == "quantile"
+        else realised,
+        calibration_rows=len(scores),
+        realised_alert_rate=realised,
+        k=config.mad_k if config.threshold_method == "mad" else None,
+    )
 
 
 def train(X: np.ndarray, config: FitConfig) -> FitResult:
-    """Train on ``X`` (normal rows only) and calibrate the threshold on a held-out split."""
-    if not 0 < config.target_alert_rate < 0.5:
-        raise TrainingError(
-            f"target alert rate must be in (0, 0.5), got {config.target_alert_rate}"
-        )
+    """Train on ``X`` (normal rows) and calibrate the threshold on a held-out split."""
+    config.validate()
     n, d = X.shape
     if n < MIN_ROWS:
         raise TrainingError(f"need at least {MIN_ROWS} normal rows to train, got {n}")
+    if config.loss == "bce" and (X.min() < 0 or X.max() > 1):
+        raise TrainingError("loss 'bce' needs every feature in [0, 1]; use 'mse' or rescale")
     rng = np.random.default_rng(config.seed)
-    torch.manual_seed(config.seed)
     order = rng.permutation(n)
     n_val = max(round(n * config.validation_fraction), 10)
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    X_train, X_val = X[train_idx], X[val_idx]
+    X_val, X_train = X[order[:n_val]], X[order[n_val:]]
 
-    center, scale = robust_scaling(X_train)
+    model, history, best_epoch = _fit_model(X_train, X_val, config)
+    trimmed = 0
+    if config.trim_fraction > 0:
+        train_scores = _scores(model, X_train)
+        keep = train_scores <= np.quantile(train_scores, 1.0 - config.trim_fraction)
+        trimmed = int((~keep).sum())
+        logger.info("robust pass: dropping the %d worst-reconstructed rows and refitting", trimmed)
+        X_train = X_train[keep]
+        model, history, best_epoch = _fit_model(X_train, X_val, config)
+
+    val_scores = _scores(model, X_val)
+    threshold, calibration = calibrate(val_scores, config)
+    with torch.no_grad():
+        _, val_errors, _ = model(torch.as_tensor(X_val))
+    hidden, latent = _shape(d, config)
+    report = {
+        "config": {k: v for k, v in asdict(config).items() if k != "progress"},
+        "rows_train": len(X_train),
+        "rows_validation": len(X_val),
+        "rows_trimmed": trimmed,
+        "n_features": d,
+        "hidden": list(hidden),
+        "latent": latent,
+        "compression_ratio": d / latent,
+        "epochs_run": len(history),
+        "best_epoch": best_epoch,
+        "best_val_loss": min(h["val_loss"] for h in history),
+        "history": history,
+        "validation_scores": val_scores.tolist(),
+        "per_feature_validation_error": val_errors.mean(dim=0).tolist(),
+        "feature_center": model.center.tolist(),
+        "feature_scale": model.scale.tolist(),
+        "seed": config.seed,
+    }
+    logger.info(
+        "trained %d epochs (best %d); threshold %.4g by %s, held-out alert rate %.4f",
+        len(history),
+        best_epoch,
+        threshold,
+        calibration.method,
+        calibration.realised_alert_rate,
+    )
+    return FitResult(torch.jit.script(model), threshold, calibration, report)
+
+
+def _shape(d: int, config: FitConfig) -> tuple[tuple[int, ...], int]:
     default_hidden, default_latent = default_widths(d)
-    hidden = config.hidden or default_hidden
-    latent = config.latent or default_latent
-    device = torch.device(config.device)
-    model = ScoringModule(AutoEncoder(d, hidden, latent), center, scale).to(device)
-    optimiser = torch.optim.Adam(model.autoencoder.parameters(), lr=config.learning_rate)
+    return config.hidden or default_hidden, config.latent or default_latent
 
+
+def _fit_model(
+    X_train: np.ndarray, X_val: np.ndarray, config: FitConfig
+) -> tuple[ScoringModule, list[dict[str, float]], int]:
+    torch.manual_seed(config.seed)
+    d = X_train.shape[1]
+    hidden, latent = _shape(d, config)
+    bce = config.loss == "bce"
+    if bce:
+        center, scale = np.zeros(d, np.float32), np.ones(d, np.float32)
+    else:
+        center, scale = robust_scaling(X_train)
+    autoencoder = AutoEncoder(
+        d, hidden, latent, config.activation, config.dropout, sigmoid_output=bce
+    )
+    device = torch.device(config.device)
+    model = ScoringModule(autoencoder, center, scale, bce=bce).to(device)
+    optimiser = torch.optim.AdamW(
+        model.autoencoder.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
     train_t = torch.as_tensor(X_train, device=device)
     val_t = torch.as_tensor(X_val, device=device)
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)
     best_loss, best_state, best_epoch, stale = float("inf"), None, 0, 0
     history: list[dict[str, float]] = []
-    started = time.perf_counter()
-    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    progress = _Progress(config.epochs) if config.progress else None
     for epoch in range(config.epochs):
         model.train()
         perm = torch.randperm(len(train_t), generator=generator).to(device)
         total = 0.0
         for start in range(0, len(train_t), config.batch_size):
             batch = train_t[perm[start : start + config.batch_size]]
-            score, _, _ = model(batch)
-            loss = score.mean()
+            if config.noise > 0:
+                noise = torch.randn(batch.shape, generator=generator).to(device)
+                noisy = batch + noise * config.noise * model.scale
+                loss = _loss(model, noisy, batch)
+            else:
+                loss = model(batch)[0].mean()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -96,6 +222,8 @@ def train(X: np.ndarray, config: FitConfig) -> FitResult:
         with torch.no_grad():
             val_loss = float(model(val_t)[0].mean())
         history.append({"epoch": epoch, "train_loss": total / len(train_t), "val_loss": val_loss})
+        if progress is not None:
+            progress.update(epoch, val_loss)
         if val_loss < best_loss - 1e-7:
             best_loss, best_state, best_epoch, stale = (
                 val_loss,
@@ -107,57 +235,62 @@ def train(X: np.ndarray, config: FitConfig) -> FitResult:
             stale += 1
             if stale >= config.patience:
                 break
+    if progress is not None:
+        progress.done()
     assert best_state is not None
     model.load_state_dict(best_state)
-    model.eval().cpu()
+    return model.eval().cpu(), history, best_epoch
 
+
+def _loss(model: ScoringModule, noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Denoising objective: reconstruct the clean rows from noisy ones."""
+    reconstruction = model.autoencoder((noisy - model.center) / model.scale)
+    target = (clean - model.center) / model.scale
+    if model.bce:
+        return torch.nn.functional.binary_cross_entropy(
+            reconstruction.clamp(1e-6, 1 - 1e-6), target.clamp(0.0, 1.0)
+        )
+    return ((reconstruction - target) ** 2).mean()
+
+
+def _scores(model: ScoringModule, X: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        val_scores = model(torch.as_tensor(X_val))[0].numpy().astype(np.float64)
-    threshold = float(np.quantile(val_scores, 1.0 - config.target_alert_rate, method="higher"))
-    threshold = max(threshold, 1e-12)
-    realised = float((val_scores > threshold).mean())
-    calibration = ThresholdCalibration(
-        method="quantile",
-        target_alert_rate=config.target_alert_rate,
-        calibration_rows=len(val_scores),
-        realised_alert_rate=realised,
-    )
-    scripted = torch.jit.script(model)
-    report = {
-        "rows_train": len(train_idx),
-        "rows_validation": len(val_idx),
-        "n_features": d,
-        "hidden": hidden,
-        "latent": latent,
-        "epochs_run": len(history),
-        "best_epoch": best_epoch,
-        "best_val_loss": best_loss,
-        "fit_seconds": round(time.perf_counter() - started, 3),
-        "seed": config.seed,
-        "feature_center": center.tolist(),
-        "feature_scale": scale.tolist(),
-        "validation_score_quantiles": {
-            str(q): float(np.quantile(val_scores, q)) for q in (0.5, 0.9, 0.99)
-        },
-    }
-    logger.info(
-        "trained %d epochs (best %d, val loss %.4g); threshold %.4g, realised alert rate %.4f",
-        len(history),
-        best_epoch,
-        best_loss,
-        threshold,
-        realised,
-    )
-    return FitResult(scripted, threshold, calibration, report)
+        return model(torch.as_tensor(X))[0].numpy().astype(np.float64)
 
 
-def fit_bundle(table: Table, output: Path, config: FitConfig) -> BundleMetadata:
-    """Train on the normal rows of ``table`` and write a bundle to ``output``."""
+class _Progress:
+    """A one-line progress bar on a terminal, a log line every 20 epochs otherwise."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+        self.tty = sys.stderr.isatty()
+        self.started = time.monotonic()
+
+    def update(self, epoch: int, val_loss: float) -> None:
+        done = (epoch + 1) / self.epochs
+        if self.tty:
+            bar = "#" * int(30 * done)
+            sys.stderr.write(
+                f"\r[{bar:<30}] epoch {epoch + 1}/{self.epochs} val loss {val_loss:.4g}"
+            )
+            sys.stderr.flush()
+        elif (epoch + 1) % 20 == 0:
+            logger.info("epoch %d/%d, validation loss %.4g", epoch + 1, self.epochs, val_loss)
+
+    def done(self) -> None:
+        if self.tty:
+            sys.stderr.write(f"  ({time.monotonic() - self.started:.1f}s)\n")
+
+
+def build_bundle(
+    table: Table, config: FitConfig, exclusions: dict[str, int] | None = None
+) -> tuple[bytes, BundleMetadata, FitResult]:
+    """Train on the normal rows of ``table``; return the TorchScript bytes and the metadata."""
     X = table.X
-    excluded = dict(table.dropped)
+    excluded = {**table.dropped, **(exclusions or {})}
     if table.y is not None:
         anomalous = table.y != 0
-        excluded["labelled_anomaly"] = int(anomalous.sum())
+        excluded["labelled_anomaly"] = excluded.get("labelled_anomaly", 0) + int(anomalous.sum())
         X = X[~anomalous]
     result = train(np.ascontiguousarray(X, dtype=np.float32), config)
     buffer = io.BytesIO()
@@ -166,15 +299,33 @@ def fit_bundle(table: Table, output: Path, config: FitConfig) -> BundleMetadata:
         torch.jit.save(result.module, buffer)
     model_bytes = buffer.getvalue()
     created = datetime.now(UTC)
-    version = f"{created:%Y%m%dT%H%M%SZ}-{hashlib.sha256(model_bytes).hexdigest()[:8]}"
+    digest = hashlib.sha256(model_bytes).hexdigest()
+    version = f"{created:%Y%m%dT%H%M%S}{created.microsecond // 1000:03d}Z-{digest[:8]}"
+    result.report["rows_excluded"] = excluded
+    training = {k: v for k, v in result.report.items() if k not in ("history", "validation_scores")}
     metadata = BundleMetadata(
         version=version,
         feature_names=table.feature_names,
         threshold=result.threshold,
         calibration=result.calibration,
-        training={**result.report, "rows_excluded": excluded},
-        sha256="",
+        training=training,
+        sha256=hashlib.sha256(model_bytes).hexdigest(),
         torch_version=torch.__version__,
         created_at=created.isoformat(),
     )
-    return write_bundle(output, model_bytes, metadata)
+    return model_bytes, metadata, result
+
+
+def fit_bundle(
+    table: Table,
+    output: Path,
+    config: FitConfig,
+    exclusions: dict[str, int] | None = None,
+    after_write: Callable[[Path, BundleMetadata, FitResult], None] | None = None,
+) -> BundleMetadata:
+    """Train and write a bundle directory at ``output``."""
+    model_bytes, metadata, result = build_bundle(table, config, exclusions)
+    written = write_bundle(output, model_bytes, metadata)
+    if after_write is not None:
+        after_write(output, written, result)
+    return written

@@ -1,37 +1,70 @@
 """The dense autoencoder and the scoring module that goes into a bundle.
 
 :class:`ScoringModule` is what the worker runs: raw float32 features in,
-``(score, feature_error, expected)`` out, with the robust scaling frozen inside
-so nothing outside the bundle has to know about it.
+``(score, feature_error, expected)`` out, with the scaling frozen inside so
+nothing outside the bundle has to know about it.
 """
+
+import itertools
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["AutoEncoder", "ScoringModule", "default_widths", "robust_scaling"]
+__all__ = ["ACTIVATIONS", "AutoEncoder", "ScoringModule", "default_widths", "robust_scaling"]
 
 MIN_SCALE = 1e-6
 
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+}
 
-def default_widths(n_features: int) -> tuple[int, int]:
-    """Hidden width and latent size from the number of features."""
+
+def default_widths(n_features: int) -> tuple[tuple[int, ...], int]:
+    """One hidden layer of about 2 x D and a latent of D / 2 (the seed articles' shallow shape)."""
     hidden = int(min(max(2 * n_features, 8), 256))
     latent = int(max(1, min(n_features // 2, 64)))
-    return hidden, latent
+    return (hidden,), latent
 
 
 class AutoEncoder(nn.Module):
-    """``D -> hidden -> latent -> hidden -> D``: ReLU on the hidden layers, a linear bottleneck."""
+    """``D -> hidden[0] -> ... -> latent -> ... -> hidden[0] -> D`` with a linear bottleneck.
 
-    def __init__(self, n_features: int, hidden: int, latent: int) -> None:
+    ``hidden=(128, 64, 32)`` gives the deep shape, ``hidden=(16,)`` the shallow one.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        hidden: tuple[int, ...],
+        latent: int,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        sigmoid_output: bool = False,
+    ) -> None:
         super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, latent)
-        )
-        self.decoder = nn.Sequential(
-            nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, n_features)
-        )
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        act = ACTIVATIONS[activation]
+
+        def stack(widths: list[int], last: int) -> list[nn.Module]:
+            layers: list[nn.Module] = []
+            for a, b in itertools.pairwise(widths):
+                layers += [nn.Linear(a, b), act()]
+                if dropout > 0:
+                    layers.append(nn.Dropout(dropout))
+            layers.append(nn.Linear(widths[-1], last))
+            return layers
+
+        self.encoder = nn.Sequential(*stack([n_features, *hidden], latent))
+        decoder = stack([latent, *reversed(hidden)], n_features)
+        if sigmoid_output:
+            decoder.append(nn.Sigmoid())
+        self.decoder = nn.Sequential(*decoder)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
@@ -48,20 +81,33 @@ def robust_scaling(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class ScoringModule(nn.Module):
-    """Scaling + autoencoder: the bundle's TorchScript module."""
+    """Scaling + autoencoder + per-feature error: the bundle's TorchScript module.
+
+    ``bce`` selects binary cross-entropy per feature (features in [0, 1], no
+    scaling, sigmoid output); otherwise squared error in robust-scaled units.
+    """
 
     center: torch.Tensor
     scale: torch.Tensor
+    bce: bool
 
-    def __init__(self, autoencoder: AutoEncoder, center: np.ndarray, scale: np.ndarray) -> None:
+    def __init__(
+        self, autoencoder: AutoEncoder, center: np.ndarray, scale: np.ndarray, bce: bool = False
+    ) -> None:
         super().__init__()
         self.autoencoder = autoencoder
         self.register_buffer("center", torch.as_tensor(center, dtype=torch.float32))
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+        self.bce = bce
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         z = (x - self.center) / self.scale
         reconstruction = self.autoencoder(z)
-        error = (z - reconstruction) ** 2
+        if self.bce:
+            p = reconstruction.clamp(1e-6, 1.0 - 1e-6)
+            target = z.clamp(0.0, 1.0)
+            error = -(target * torch.log(p) + (1.0 - target) * torch.log(1.0 - p))
+        else:
+            error = (z - reconstruction) ** 2
         expected = reconstruction * self.scale + self.center
         return error.mean(dim=1), error, expected

@@ -48,13 +48,16 @@ class ThresholdCalibration:
     """How the bundle's threshold was chosen."""
 
     method: str
-    """``quantile``: the (1 - target_alert_rate) quantile of held-out normal scores."""
+    """``quantile``: the (1 - target_alert_rate) quantile of held-out normal scores;
+    ``mad``: median + k * MAD (scaled to sigma) of those scores."""
     target_alert_rate: float
     """Fraction of normal records expected to alert."""
     calibration_rows: int
     """How many held-out rows the threshold was computed on."""
     realised_alert_rate: float
     """Fraction of those rows above the threshold."""
+    k: float | None = None
+    """``mad`` rule: threshold = median + k * MAD of held-out scores."""
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ A record is a JSON object::
     {"id": "tx-42",                      # optional, default "<topic>-<partition>-<offset>"
      "ts": 1700000000.5,                 # optional, epoch s or ISO-8601; default: Kafka timestamp
      "entity": "card-7",                 # optional, the alert key when present
+     "label": 0,                         # optional, 1/true: a known anomaly (training skips it)
      "features": [0.1, 2.0, ...]}        # numbers in model order, or {"name": number, ...}
 
 :func:`decode_batch` turns a batch of raw message values into one float32
@@ -66,6 +67,7 @@ class Record(msgspec.Struct, gc=False):
     id: str | None = None
     ts: float | str | None = None
     entity: str | None = None
+    label: bool | int | None = None
 
 
 _decode_record = msgspec.json.Decoder(Record).decode

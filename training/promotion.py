@@ -1,0 +1,195 @@
+"""Registering candidates and promoting them through a gate; rollback and pruning.
+
+A candidate becomes current only if it loads (checksum, shapes), its features
+match the current model's, and on a recent sample of normal traffic (a) its
+alert rate is within a factor of its calibrated rate and (b) its reconstruction
+error is not worse than the current model's by more than a margin. Errors are
+compared in units both models share: squared error of their expected values,
+per feature, divided by the sample's own robust spread.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.data import Table
+from training.fit import FitConfig, build_bundle
+from training.model import robust_scaling
+from training.report import write_report
+from worker.bundle import write_bundle
+from worker.exceptions import BundleError
+from worker.registry import Registry
+from worker.scoring import Scorer
+
+__all__ = ["GateConfig", "GateResult", "gate", "promote", "prune", "register", "rollback"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    max_rate_factor: float = 3.0
+    """The sample's alert rate must lie within [rate / f, rate * f] of the calibrated rate."""
+    max_error_increase: float = 0.25
+    """The candidate's median sample error may exceed the current model's by this fraction."""
+    min_expected_alerts: float = 10.0
+    """A sample must be large enough to expect this many alerts at the calibrated rate."""
+
+
+@dataclass
+class GateResult:
+    accepted: bool
+    reasons: list[str] = field(default_factory=list)
+    measurements: dict[str, Any] = field(default_factory=dict)
+
+
+def register(
+    registry: Registry, table: Table, config: FitConfig, exclusions: dict[str, int] | None = None
+) -> str:
+    """Train a candidate and add it to the registry (not current yet)."""
+    model_bytes, metadata, result = build_bundle(table, config, exclusions)
+
+    def write(directory: Path) -> None:
+        written = write_bundle(directory, model_bytes, metadata)
+        write_report(directory, written, result.report)
+
+    registry.add(metadata.version, write)
+    registry.set_status(metadata.version, "candidate")
+    logger.info("registered candidate %s in %s", metadata.version, registry.root)
+    return metadata.version
+
+
+def sample_error(scorer: Scorer, X: np.ndarray, spread: np.ndarray) -> float:
+    """Median over rows of the mean squared, spread-normalised error of the model's expectation."""
+    _, expected = scorer.score(X).details(np.arange(len(X)))
+    return float(np.median((((X - expected) / spread) ** 2).mean(axis=1)))
+
+
+def gate(
+    registry: Registry, version: str, sample: np.ndarray, config: GateConfig, device: str = "cpu"
+) -> GateResult:
+    try:
+        candidate = Scorer.load(registry.path_of(version), device)
+    except BundleError as exc:
+        return GateResult(False, [f"does not load: {exc}"])
+    meta = candidate.metadata
+    reasons: list[str] = []
+    measurements: dict[str, Any] = {"sample_rows": len(sample)}
+    current = None
+    current_version = registry.current()
+    if current_version is not None and current_version != version:
+        try:
+            current = Scorer.load(registry.path_of(current_version), device)
+        except BundleError as exc:
+            logger.warning(
+                "current model %s does not load (%s); gating without it", current_version, exc
+            )
+    if current is not None and current.metadata.feature_names != meta.feature_names:
+        reasons.append(
+            f"features differ from the current model's ({len(meta.feature_names)} vs "
+            f"{current.metadata.n_features}, or another order)"
+        )
+    if sample.ndim != 2 or sample.shape[1] != meta.n_features:
+        reasons.append(
+            f"the sample has shape {sample.shape}, the model takes {meta.n_features} features"
+        )
+        return GateResult(False, reasons, measurements)
+    X = np.ascontiguousarray(sample, dtype=np.float32)
+    calibration = meta.calibration
+    quantile = calibration.method == "quantile"
+    expected_rate = calibration.target_alert_rate if quantile else calibration.realised_alert_rate
+    rate = float((candidate.score(X).scores > meta.threshold).mean())
+    measurements.update(alert_rate=rate, expected_alert_rate=expected_rate)
+    needed = int(np.ceil(config.min_expected_alerts / max(expected_rate, 1e-9)))
+    if len(X) < needed:
+        reasons.append(
+            f"sample too small: {len(X)} rows, need {needed} "
+            f"to check a {expected_rate:.4f} alert rate"
+        )
+    else:
+        low, high = expected_rate / config.max_rate_factor, expected_rate * config.max_rate_factor
+        if not low <= rate <= high:
+            reasons.append(
+                f"alert rate {rate:.4f} on the sample is outside [{low:.4f}, {high:.4f}]"
+            )
+    if current is not None and not reasons:
+        _, spread = robust_scaling(X)
+        new, old = sample_error(candidate, X, spread), sample_error(current, X, spread)
+        measurements.update(
+            sample_error=new, current_sample_error=old, current_version=current_version
+        )
+        if new > old * (1 + config.max_error_increase):
+            reasons.append(
+                f"median sample error {new:.4g} is worse than the current model's {old:.4g} "
+                f"by more than {config.max_error_increase:.0%}"
+            )
+    return GateResult(not reasons, reasons, measurements)
+
+
+def promote(
+    registry: Registry,
+    version: str,
+    sample: np.ndarray | None,
+    config: GateConfig,
+    force: bool = False,
+    device: str = "cpu",
+) -> GateResult:
+    """Make ``version`` current if it passes the gate (or ``force``); record the outcome."""
+    registry.path_of(version)
+    if version not in registry.versions():
+        raise BundleError(f"version {version} is not registered in {registry.root}")
+    if force:
+        Scorer.load(registry.path_of(version), device)  # still refuse what cannot load
+        result = GateResult(True, ["forced: gate skipped"])
+    elif sample is None:
+        raise BundleError("promotion needs a sample of recent normal traffic (or --force)")
+    else:
+        result = gate(registry, version, sample, config, device)
+    if result.accepted:
+        registry.set_status(
+            version, "promoted", measurements=result.measurements, notes=result.reasons
+        )
+        registry.set_current(version, "forced" if force else "passed the gate")
+        logger.info("promoted %s to current", version)
+    else:
+        registry.set_status(
+            version, "rejected", reasons=result.reasons, measurements=result.measurements
+        )
+        logger.warning("rejected %s: %s", version, "; ".join(result.reasons))
+    return result
+
+
+def rollback(registry: Registry) -> str:
+    """Make the previously current version current again."""
+    current = registry.current()
+    available = set(registry.versions())
+    for entry in reversed(registry.history()):
+        version = entry["version"]
+        if version != current and version in available:
+            registry.set_current(version, f"rollback from {current}")
+            registry.set_status(version, "promoted", notes=[f"rollback from {current}"])
+            if current is not None:
+                registry.set_status(current, "rolled_back")
+            return version
+    raise BundleError("no earlier current version to roll back to")
+
+
+def prune(registry: Registry, keep: int) -> list[str]:
+    """Remove all but the newest ``keep`` versions; never the current one or the rollback target."""
+    if keep < 1:
+        raise BundleError("keep must be at least 1")
+    current = registry.current()
+    protected = {current}
+    previous = [h["version"] for h in registry.history() if h["version"] != current]
+    if previous:
+        protected.add(previous[-1])
+    versions = registry.versions()
+    removable = [v for v in versions[: max(len(versions) - keep, 0)] if v not in protected]
+    for version in removable:
+        registry.remove(version)
+    return removable
