@@ -39,6 +39,9 @@ class GateConfig:
     """The candidate's median sample error may exceed the current model's by this fraction."""
     min_expected_alerts: float = 10.0
     """A sample must be large enough to expect this many alerts at the calibrated rate."""
+    error_floor: float = 0.05
+    """Errors closer than this (squared, in units of the sample's robust spread) count as equal:
+    two good models both reconstruct within a few percent of a feature's variance."""
 
 
 @dataclass
@@ -123,7 +126,7 @@ def gate(
         measurements.update(
             sample_error=new, current_sample_error=old, current_version=current_version
         )
-        if new > old * (1 + config.max_error_increase):
+        if new > old * (1 + config.max_error_increase) and new - old > config.error_floor:
             reasons.append(
                 f"median sample error {new:.4g} is worse than the current model's {old:.4g} "
                 f"by more than {config.max_error_increase:.0%}"
