@@ -1,0 +1,130 @@
+"""Retraining from a window of Kafka traffic: only normal rows are learned from, then gated."""
+
+import json
+import random
+
+import pytest
+
+from tests.helpers import NAMES, record, write_distance_bundle
+from tests.integration.kafka_helpers import produce
+from training.cli import main as train_main
+from worker.registry import Registry
+
+pytestmark = pytest.mark.integration
+
+
+def test_retrain_excludes_flagged_traffic_registers_and_promotes(
+    kafka_bootstrap, topics, tmp_path, capsys
+):
+    registry = Registry.create(tmp_path / "registry")
+    registry.add("v1", lambda d: write_distance_bundle(d, threshold=4.0, version="v1"))
+    registry.set_current("v1", "initial")
+
+    rng = random.Random(3)
+
+    def normal():
+        return [round(rng.uniform(-1, 1), 4) for _ in NAMES]
+
+    values = [record(normal(), id=f"n{i}") for i in range(6000)]
+    values += [record([5, 5, 5, 5], id=f"hot{i}") for i in range(40)]  # above v1's threshold
+    values += [record(normal(), id=f"lab{i}", label=1) for i in range(30)]  # labelled anomalies
+    values += [record(normal(), id=f"al{i}") for i in range(25)]  # already alerted on
+    values += [b"{broken"] * 5
+    rng.shuffle(values)
+    produce(kafka_bootstrap, topics.input, values)
+    produce(
+        kafka_bootstrap, topics.alerts, [json.dumps({"id": f"al{i}"}).encode() for i in range(25)]
+    )
+
+    code = train_main(
+        [
+            "retrain",
+            "--registry",
+            str(registry.root),
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--topic",
+            topics.input,
+            "--alert-topic",
+            topics.alerts,
+            "--last",
+            "100000",
+            "--epochs",
+            "30",
+            "--no-progress",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    version = out.split(":")[0].strip()
+    assert registry.current() == version != "v1"
+    report = json.loads((registry.path_of(version) / "report.json").read_text())
+    assert report["rows"]["excluded"] == {
+        "invalid:invalid_json": 5,
+        "labelled_anomaly": 30,
+        "on_alert_topic": 25,
+        "above_current_threshold": 40,
+    }
+    # 80% of the 6000 normal rows trained (the newest 20% gated), 1% trimmed by the robust pass.
+    assert (
+        report["rows"]["train"]
+        + report["rows"]["validation"]
+        + report["rows"]["trimmed_by_robust_pass"]
+        == 4800
+    )
+    assert abs(report["rows"]["trimmed_by_robust_pass"] - 0.01 * 3840) <= 1
+    assert registry.status(version)["state"] == "promoted"
+
+
+def test_schedule_retrains_every_period_and_stops_on_sigterm(kafka_bootstrap, topics, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.integration.kafka_helpers import wait_for
+
+    rng = random.Random(5)
+    produce(
+        kafka_bootstrap,
+        topics.input,
+        [record([rng.uniform(-1, 1) for _ in NAMES]) for _ in range(6000)],
+    )
+    registry = Registry.create(tmp_path / "registry")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANOMALY_")}
+    env.update(
+        ANOMALY_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        ANOMALY_INPUT_TOPIC=topics.input,
+        ANOMALY_ALERT_TOPIC=topics.alerts,
+    )  # the trainer shares the worker's settings
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "schedule",
+            "--every",
+            "1s",
+            "--registry",
+            str(registry.root),
+            "--epochs",
+            "10",
+            "--no-progress",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(
+            lambda: len(registry.versions()) >= 2,
+            120,
+            interval=0.5,
+            message="two retraining cycles",
+        )
+        assert registry.current() in registry.versions()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out = process.communicate(timeout=60)[0].decode()
+    assert process.returncode == 0, out
+    assert "retraining every 1s" in out
