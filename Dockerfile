@@ -1,7 +1,7 @@
 # anomaly-worker image. CPU build by default; for CUDA pass a CUDA torch wheel index, e.g.
 #   docker build --build-arg TORCH_INDEX_URL=<your PyTorch CUDA wheel index> -t anomaly-worker .
 # Training runs from the same image:
-#   docker run --entrypoint anomaly-train anomaly-worker fit --input /data/normal.npz --output /models/current
+#   docker run --entrypoint anomaly-train anomaly-worker fit --input /data/normal.npz --registry /models --promote --force
 
 FROM python:3.11-slim AS build
 ARG TORCH_VERSION=2.13.0
@@ -26,7 +26,7 @@ RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin app
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    ANOMALY_MODEL_PATH=/models/current \
+    ANOMALY_MODEL_PATH=/models \
     ANOMALY_METRICS_PORT=9108
 USER 10001
 WORKDIR /home/app

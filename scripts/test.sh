@@ -7,6 +7,7 @@ scripts/setup.sh test
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 .venv/bin/hadolint Dockerfile
+.venv/bin/kubernetes-validate --quiet deploy/kubernetes/*.yaml
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?
