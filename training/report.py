@@ -81,11 +81,12 @@ def _plot(path: Path, metadata: BundleMetadata, doc: dict[str, Any], scores: np.
         f"features {len(metadata.feature_names)}, compression ratio {doc['compression_ratio']:.2f}",
         f"rows: train {rows['train']}, validation {rows['validation']}",
         f"trimmed by robust pass: {rows['trimmed_by_robust_pass']}",
-        f"excluded: {rows['excluded'] or 'none'}",
         f"threshold {metadata.threshold:.4g} ({metadata.calibration.method})",
         f"held-out alert rate {metadata.calibration.realised_alert_rate:.4f}",
+        "excluded before training:" if rows["excluded"] else "excluded before training: none",
+        *(f"  {reason}: {count}" for reason, count in rows["excluded"].items()),
     ]
     ax.text(0.0, 1.0, "\n".join(lines), va="top", family="monospace", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
     plt.close(fig)
