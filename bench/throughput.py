@@ -19,7 +19,6 @@ import gc
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from confluent_kafka import Producer
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from demo.broker import LocalBroker, free_port
+from demo.broker import LocalBroker, free_port, stop_process
 from training.data import Table
 from training.fit import FitConfig, fit_bundle
 from worker.app import tune_garbage_collector
@@ -114,7 +113,7 @@ def main() -> int:
             "ANOMALY_LOG_LEVEL": "WARNING",
         }
         worker = subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env)
-        stack.callback(stop, worker)
+        stack.callback(stop_process, worker)
         worker_rate, cpu_share = worker_drain(
             port, bootstrap, f"worker-{tag}", topic, ends, worker.pid
         )
@@ -124,7 +123,7 @@ def main() -> int:
             bootstrap, topic, alerts, args.offered_rate, args.offered_seconds, rng
         )
         rss = peak_rss_mib(worker.pid)
-        code = stop(worker)
+        code = stop_process(worker)
 
     print()
     print(
@@ -280,16 +279,6 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def stop(worker: subprocess.Popen[bytes]) -> int:
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            return worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-    return worker.wait()
 
 
 if __name__ == "__main__":

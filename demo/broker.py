@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["LocalBroker", "free_port", "tansu_binary", "wait_for_port"]
+__all__ = ["LocalBroker", "free_port", "stop_process", "tansu_binary", "wait_for_port"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,3 +98,14 @@ class LocalBroker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_seconds: float = 30.0) -> int:
+    """SIGTERM, wait, then SIGKILL if it will not stop; returns the exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            return process.wait(timeout=timeout_seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
-from demo.broker import LocalBroker, free_port
+from demo.broker import LocalBroker, free_port, stop_process
 from demo.traffic import FEATURES, TrafficGenerator
 from training.data import Table
 from training.fit import FitConfig, fit_bundle
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             stdout=log_path.open("ab"),
             stderr=subprocess.STDOUT,
         )
-        stack.callback(_stop, worker)
+        stack.callback(stop_process, worker)
         if not _wait_ready(port, worker, 60):
             say(f"the worker did not become ready; its log: {log_path}")
             return 1
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         _drain(port, len(truth), 20)
         time.sleep(1.0)
-        code = _stop(worker)
+        code = stop_process(worker)
         summary(truth, alerts, _last_metrics)
         return 0 if code == 0 else 1
 
@@ -273,17 +272,6 @@ def _drain(port: int, expected: int, timeout: float) -> None:
         if scrape(port).get("anomaly_records_consumed_total", 0) >= expected:
             return
         time.sleep(0.2)
-
-
-def _stop(worker: subprocess.Popen[bytes]) -> int:
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            return worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            return worker.wait()
-    return worker.returncode
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ __all__ = [
     "MODEL_FILE",
     "BundleMetadata",
     "ThresholdCalibration",
+    "atomic_write",
     "read_metadata",
     "sha256_file",
     "write_bundle",
@@ -151,12 +152,13 @@ def write_bundle(directory: Path, model_bytes: bytes, metadata: BundleMetadata) 
     directory.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(model_bytes).hexdigest()
     final = replace(metadata, sha256=digest)
-    _atomic_write(directory / MODEL_FILE, model_bytes)
-    _atomic_write(directory / METADATA_FILE, final.to_json().encode("utf-8"))
+    atomic_write(directory / MODEL_FILE, model_bytes)
+    atomic_write(directory / METADATA_FILE, final.to_json().encode("utf-8"))
     return final
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``path`` so readers see the old content or the new, never a part (rename + fsync)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -167,3 +169,18 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (best effort: some filesystems refuse)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from worker.bundle import atomic_write, fsync_dir
 from worker.exceptions import BundleError
 
 __all__ = [
@@ -100,20 +100,20 @@ class Registry:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return final
 
     def set_status(self, version: str, state: str, **details: Any) -> None:
         record = {"state": state, "at": _now(), **details}
-        _atomic_write(self.path_of(version) / STATUS_FILE, json.dumps(record, indent=2) + "\n")
+        atomic_write(self.path_of(version) / STATUS_FILE, _json_bytes(record))
 
     def set_current(self, version: str, reason: str) -> None:
         """Point CURRENT at ``version`` (which must exist) and append to the history."""
         if not self.path_of(version).is_dir():
             raise BundleError(f"version {version} is not registered")
         history = [*self.history(), {"version": version, "at": _now(), "reason": reason}]
-        _atomic_write(self.root / HISTORY_FILE, json.dumps(history, indent=2) + "\n")
-        _atomic_write(self.root / CURRENT_FILE, version + "\n")
+        atomic_write(self.root / HISTORY_FILE, _json_bytes(history))
+        atomic_write(self.root / CURRENT_FILE, (version + "\n").encode())
 
     def remove(self, version: str) -> None:
         if version == self.current():
@@ -145,28 +145,5 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _json_bytes(value: Any) -> bytes:
+    return (json.dumps(value, indent=2) + "\n").encode("utf-8")

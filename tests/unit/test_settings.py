@@ -85,35 +85,30 @@ def test_password_is_never_echoed(monkeypatch):
     assert settings.sasl_password.get_secret_value() == "hunter2"
 
 
-def test_cli_exits_non_zero_with_one_line(tmp_path):
-    env = {**os.environ, "ANOMALY_METRICS_PORT": "-5"}
-    result = subprocess.run(
+def run_worker_cli(tmp_path, **env):
+    return subprocess.run(
         [sys.executable, "-m", "worker", "run"],
-        env=env,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=60,
         cwd=tmp_path,
     )
+
+
+def test_cli_exits_non_zero_with_one_line(tmp_path):
+    result = run_worker_cli(tmp_path, ANOMALY_METRICS_PORT="-5")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "ANOMALY_METRICS_PORT" in lines[0]
 
 
 def test_cli_refuses_a_missing_model_before_connecting(tmp_path):
-    env = {
-        **os.environ,
-        "ANOMALY_MODEL_PATH": str(tmp_path / "missing"),
-        "ANOMALY_METRICS_PORT": "0",
-        "ANOMALY_BOOTSTRAP_SERVERS": "127.0.0.1:1",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "worker", "run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
+    result = run_worker_cli(
+        tmp_path,
+        ANOMALY_MODEL_PATH=str(tmp_path / "missing"),
+        ANOMALY_METRICS_PORT="0",
+        ANOMALY_BOOTSTRAP_SERVERS="127.0.0.1:1",
     )
     assert result.returncode == 2
     assert "is not a model bundle" in result.stderr.strip().splitlines()[-1]
