@@ -3,11 +3,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
+scripts/system-deps.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 .venv/bin/hadolint Dockerfile
 .venv/bin/kubernetes-validate --quiet deploy/kubernetes/*.yaml
+promtool check rules deploy/prometheus/alerts.yml
+(cd deploy/prometheus && promtool test rules alerts_test.yml)
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

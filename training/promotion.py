@@ -103,9 +103,7 @@ def gate(
         )
         return GateResult(False, reasons, measurements)
     X = np.ascontiguousarray(sample, dtype=np.float32)
-    calibration = meta.calibration
-    quantile = calibration.method == "quantile"
-    expected_rate = calibration.target_alert_rate if quantile else calibration.realised_alert_rate
+    expected_rate = meta.calibration.expected_alert_rate
     rate = float((candidate.score(X).scores > meta.threshold).mean())
     measurements.update(alert_rate=rate, expected_alert_rate=expected_rate)
     needed = int(np.ceil(config.min_expected_alerts / max(expected_rate, 1e-9)))

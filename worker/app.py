@@ -91,7 +91,7 @@ def run_worker(
             )
         else:
             threshold = Threshold(meta.threshold)
-        metrics.set_model(meta.version, threshold.value)
+        metrics.set_model(meta.version, threshold.value, meta.calibration.expected_alert_rate)
 
         health.set_ready(False, "connecting to Kafka")
         backoff = settings.connect_backoff_max_seconds

@@ -60,6 +60,11 @@ class ThresholdCalibration:
     k: float | None = None
     """``mad`` rule: threshold = median + k * MAD of held-out scores."""
 
+    @property
+    def expected_alert_rate(self) -> float:
+        """The share of normal records expected to alert under this rule."""
+        return self.target_alert_rate if self.method == "quantile" else self.realised_alert_rate
+
 
 @dataclass(frozen=True)
 class BundleMetadata:

@@ -124,6 +124,11 @@ class WorkerMetrics:
             "Unix time the served model was loaded.",
             registry=r,
         )
+        self.model_expected_alert_rate = Gauge(
+            "anomaly_model_expected_alert_rate",
+            "Share of normal records the served model is calibrated to alert on.",
+            registry=r,
+        )
         self.model_threshold = Gauge(
             "anomaly_model_threshold", "Threshold the served model alerts above.", registry=r
         )
@@ -131,10 +136,11 @@ class WorkerMetrics:
             "anomaly_ready", "1 when connected to the broker and serving, else 0.", registry=r
         )
 
-    def set_model(self, version: str, threshold: float) -> None:
+    def set_model(self, version: str, threshold: float, expected_alert_rate: float) -> None:
         self.model_info.clear()
         self.model_info.labels(version=version).set(1)
         self.model_threshold.set(threshold)
+        self.model_expected_alert_rate.set(expected_alert_rate)
         self.model_loaded.set_to_current_time()
 
 

@@ -160,7 +160,11 @@ class Pipeline:
         self.scorer = scorer
         if self.threshold.source == "bundle":
             self.threshold = Threshold(scorer.metadata.threshold)
-        self.metrics.set_model(scorer.metadata.version, self.threshold.value)
+        self.metrics.set_model(
+            scorer.metadata.version,
+            self.threshold.value,
+            scorer.metadata.calibration.expected_alert_rate,
+        )
         self.metrics.model_reloads.labels(result="loaded").inc()
         logger.info("now serving model %s (was %s)", scorer.metadata.version, previous)
 
