@@ -8,7 +8,7 @@ scripts/system-deps.sh
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 .venv/bin/hadolint Dockerfile
-.venv/bin/kubernetes-validate --quiet deploy/kubernetes/*.yaml
+.venv/bin/kubernetes-validate --quiet deploy/kubernetes/*.yaml deploy/kubernetes/monitoring/*.yaml
 promtool check rules deploy/prometheus/alerts.yml
 (cd deploy/prometheus && promtool test rules alerts_test.yml)
 set +e

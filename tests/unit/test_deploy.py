@@ -1,0 +1,39 @@
+"""Deployment files agree with each other and with the code."""
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_all(path):
+    return [d for d in yaml.safe_load_all((ROOT / path).read_text()) if d]
+
+
+def test_prometheus_rule_resource_carries_exactly_the_tested_rules():
+    (resource,) = load_all("deploy/kubernetes/monitoring/prometheusrule.yaml")
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
+    assert resource["kind"] == "PrometheusRule" and resource["spec"] == rules
+
+
+def test_service_monitor_scrapes_the_worker_service_port():
+    (monitor,) = load_all("deploy/kubernetes/monitoring/servicemonitor.yaml")
+    service = next(d for d in load_all("deploy/kubernetes/worker.yaml") if d["kind"] == "Service")
+    assert monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+    assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+
+
+def test_worker_and_trainer_share_settings_and_the_registry_volume():
+    worker = load_all("deploy/kubernetes/worker.yaml")
+    config = next(d for d in worker if d["kind"] == "ConfigMap")["data"]
+    deployment = next(d for d in worker if d["kind"] == "Deployment")
+    cron = next(d for d in load_all("deploy/kubernetes/retrain-cronjob.yaml") if d["kind"] == "CronJob")
+    assert all(key.startswith("ANOMALY_") for key in config)
+    pod = deployment["spec"]["template"]["spec"]
+    job_pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    claim = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] + job_pod["volumes"]}
+    assert claim == {"anomaly-models"}
+    assert config["ANOMALY_MODEL_PATH"] in job_pod["containers"][0]["args"]
+    grace = pod["terminationGracePeriodSeconds"]
+    assert grace > float(config.get("ANOMALY_SHUTDOWN_TIMEOUT_SECONDS", 20))
