@@ -28,7 +28,9 @@ def test_worker_and_trainer_share_settings_and_the_registry_volume():
     worker = load_all("deploy/kubernetes/worker.yaml")
     config = next(d for d in worker if d["kind"] == "ConfigMap")["data"]
     deployment = next(d for d in worker if d["kind"] == "Deployment")
-    cron = next(d for d in load_all("deploy/kubernetes/retrain-cronjob.yaml") if d["kind"] == "CronJob")
+    cron = next(
+        d for d in load_all("deploy/kubernetes/retrain-cronjob.yaml") if d["kind"] == "CronJob"
+    )
     assert all(key.startswith("ANOMALY_") for key in config)
     pod = deployment["spec"]["template"]["spec"]
     job_pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]

@@ -13,7 +13,9 @@ def test_settings_tables_match_the_settings_model(document):
     text = (ROOT / document).read_text()
     start = text.index("<!-- settings:start -->\n") + len("<!-- settings:start -->\n")
     end = text.index("<!-- settings:end -->")
-    assert text[start:end] == settings_table(), f"run: anomaly-worker settings, paste into {document}"
+    assert text[start:end] == settings_table(), (
+        f"run: anomaly-worker settings, paste into {document}"
+    )
 
 
 def test_every_alert_rule_has_a_runbook_section():
