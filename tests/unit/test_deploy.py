@@ -39,3 +39,18 @@ def test_worker_and_trainer_share_settings_and_the_registry_volume():
     assert config["ANOMALY_MODEL_PATH"] in job_pod["containers"][0]["args"]
     grace = pod["terminationGracePeriodSeconds"]
     assert grace > float(config.get("ANOMALY_SHUTDOWN_TIMEOUT_SECONDS", 20))
+
+
+def test_compose_wires_kafka_worker_trainer_prometheus_grafana():
+    compose = yaml.safe_load((ROOT / "deploy/docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"kafka", "worker", "trainer", "prometheus", "grafana"} <= set(services)
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
+    assert "models:/models" in services["worker"]["volumes"] == services["trainer"]["volumes"]
+    assert services["trainer"]["command"][:2] == ["schedule", "--every"]
+    base = ROOT / "deploy"
+    for service in ("prometheus", "grafana"):
+        for volume in services[service]["volumes"]:
+            assert (base / volume.split(":")[0]).exists(), volume
+    scrape = yaml.safe_load((base / "compose/prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["job_name"] == "anomaly-worker"  # what the rules select
