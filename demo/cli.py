@@ -1,8 +1,12 @@
 """``anomaly-demo``: the whole product on one machine, no external services.
 
-Starts the embedded broker, trains on a window of normal synthetic traffic,
-serves the model with a real ``anomaly-worker`` process, streams live traffic
-with labelled anomalies through it, and reports what was caught.
+1. starts the embedded Kafka-protocol broker (or uses ``--bootstrap-servers``);
+2. streams a first window of normal synthetic telemetry (daily cycle, correlated features);
+3. trains on that window read back from Kafka, registers the model and promotes it;
+4. runs a real ``anomaly-worker`` process serving the registry;
+5. streams live traffic with labelled anomalies (spikes, broken correlations, a drift
+   episode, malformed records) and shows throughput, alerts, precision/recall and p99 latency;
+6. stops after ``--duration`` or on Ctrl-C, and prints a summary.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -19,38 +24,56 @@ import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.structs import OffsetAndMetadata
 from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table as RichTable
 
 from demo.broker import LocalBroker, free_port, stop_process
 from demo.traffic import FEATURES, TrafficGenerator
-from training.data import Table
-from training.fit import FitConfig, fit_bundle
+from training.fit import FitConfig
+from training.kafka_window import normal_traffic, read_window
+from training.promotion import GateConfig, promote, register
+from worker.registry import Registry
+
+console = Console()
+POSITIVE_KINDS = ("spike", "broken_correlation", "drift")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="anomaly-demo", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="anomaly-demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of live traffic")
     parser.add_argument("--rate", type=float, default=2000.0, help="records per second")
     parser.add_argument(
-        "--bootstrap-servers", help="use this Kafka cluster instead of the embedded broker"
+        "--bootstrap-servers", help="a Kafka cluster instead of the embedded broker"
     )
     parser.add_argument("--metrics-port", type=int, default=9108, help="the worker's /metrics port")
     parser.add_argument(
-        "--workdir", type=Path, default=Path("demo-output"), help="model and worker log go here"
+        "--workdir", type=Path, default=Path("demo-output"), help="registry and worker log go here"
     )
     parser.add_argument(
-        "--target-alert-rate", type=float, default=0.002, help="false alarms the threshold allows"
+        "--target-alert-rate",
+        type=float,
+        default=0.002,
+        help="false alarms the threshold allows (share of normal records)",
     )
     args = parser.parse_args(argv)
 
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with ExitStack() as stack:
         if args.bootstrap_servers:
             bootstrap = args.bootstrap_servers
         else:
-            broker = stack.enter_context(LocalBroker())
-            bootstrap = broker.bootstrap_servers
+            bootstrap = stack.enter_context(LocalBroker()).bootstrap_servers
             say(f"embedded Kafka-protocol broker (Tansu) on {bootstrap}")
         workdir = args.workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -63,95 +86,149 @@ def main(argv: list[str] | None = None) -> int:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         admin.create_topics([NewTopic(t, 3, 1) for t in topics.values()])
         admin.close()
-        say(f"topics: {', '.join(topics.values())}")
 
         generator = TrafficGenerator(seed=1)
-        say("training on 20,000 rows of normal traffic ...")
-        started = time.perf_counter()
-        config = FitConfig(seed=1, target_alert_rate=args.target_alert_rate)
-        metadata = fit_bundle(
-            Table(generator.normal_rows(20_000), FEATURES), workdir / "model", config
-        )
-        say(
-            f"model {metadata.version}: threshold {metadata.threshold:.4g} "
-            f"(target alert rate {metadata.calibration.target_alert_rate:.1%}), "
-            f"trained in {time.perf_counter() - started:.1f}s"
+        say("streaming a first window of normal traffic (20,000 records, one simulated day) ...")
+        first_window(bootstrap, topics["input"], generator)
+        registry = Registry.create(workdir / f"registry-{tag}")
+        version = train_and_promote(
+            bootstrap, topics["input"], f"demo-{tag}", registry, args.target_alert_rate
         )
 
         port = args.metrics_port or free_port()
-        env = {
-            **os.environ,
-            "ANOMALY_BOOTSTRAP_SERVERS": bootstrap,
-            "ANOMALY_INPUT_TOPIC": topics["input"],
-            "ANOMALY_ALERT_TOPIC": topics["alerts"],
-            "ANOMALY_DLQ_TOPIC": topics["dlq"],
-            "ANOMALY_GROUP_ID": f"demo-{tag}",
-            "ANOMALY_MODEL_PATH": str(workdir / "model"),
-            "ANOMALY_METRICS_PORT": str(port),
-            "ANOMALY_SESSION_TIMEOUT_SECONDS": "6",
-            "ANOMALY_LOG_FORMAT": "json",
-        }
         log_path = workdir / "worker.log"
         worker = subprocess.Popen(
             [sys.executable, "-m", "worker", "run"],
-            env=env,
+            env={
+                **os.environ,
+                "ANOMALY_BOOTSTRAP_SERVERS": bootstrap,
+                "ANOMALY_INPUT_TOPIC": topics["input"],
+                "ANOMALY_ALERT_TOPIC": topics["alerts"],
+                "ANOMALY_DLQ_TOPIC": topics["dlq"],
+                "ANOMALY_GROUP_ID": f"demo-{tag}",
+                "ANOMALY_MODEL_PATH": str(registry.root),
+                "ANOMALY_METRICS_PORT": str(port),
+                "ANOMALY_SESSION_TIMEOUT_SECONDS": "6",
+                "ANOMALY_LOG_FORMAT": "json",
+            },
             stdout=log_path.open("ab"),
             stderr=subprocess.STDOUT,
         )
         stack.callback(stop_process, worker)
-        if not _wait_ready(port, worker, 60):
+        if not wait_ready(port, worker, 60):
             say(f"the worker did not become ready; its log: {log_path}")
             return 1
-        say(f"worker ready; metrics at http://127.0.0.1:{port}/metrics, log in {log_path}")
+        say(f"worker serving model {version}; log in {log_path}")
+        say(f"metrics at http://127.0.0.1:{port}/metrics while the demo runs")
 
         alerts = AlertCollector(bootstrap, topics["alerts"])
         alerts.start()
         stack.callback(alerts.stop)
-        truth = stream(
-            bootstrap, topics["input"], generator, args.rate, args.duration, port, alerts
-        )
-        _drain(port, len(truth), 20)
+        truth = stream(bootstrap, topics["input"], generator, args, port, alerts, stop)
+        drain(port, len(truth), 20)
         time.sleep(1.0)
+        metrics = scrape(port)
         code = stop_process(worker)
-        summary(truth, alerts, _last_metrics)
+        summary(truth, alerts.ids(), metrics)
         return 0 if code == 0 else 1
 
 
-_last_metrics: dict[str, float] = {}
-
-
 def say(text: str) -> None:
-    print(f"[demo] {text}", flush=True)
+    console.print(f"[bold cyan][demo][/] {text}")
+
+
+def first_window(bootstrap: str, topic: str, generator: TrafficGenerator) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, acks="all")
+    start = time.time() - generator.day_seconds
+    for chunk in range(20):
+        when = start + chunk * generator.day_seconds / 20
+        for event in generator.events(1000, when, anomaly_rate=0.0, malformed_rate=0.0):
+            producer.send(topic, key=event.id.encode(), value=event.value)
+    producer.flush()
+    producer.close()
+
+
+def train_and_promote(
+    bootstrap: str, topic: str, group: str, registry: Registry, target: float
+) -> str:
+    started = time.perf_counter()
+    records = read_window({"bootstrap_servers": bootstrap}, topic, last=100_000)
+    # The worker's group starts after the training window: it serves the live traffic.
+    ends: dict[TopicPartition, int] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        ends[tp] = max(ends.get(tp, 0), r.offset + 1)
+    committer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    committer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in ends.items()})
+    committer.close(autocommit=False)
+    traffic = normal_traffic(records, FEATURES, alerted=set(), current=None)
+    version = register(registry, traffic.table, FitConfig(seed=1, target_alert_rate=target))
+    promote(
+        registry, version, None, GateConfig(), force=True
+    )  # the first model: nothing to gate against
+    say(
+        f"trained on {len(traffic.table.X):,} rows read back from Kafka in "
+        f"{time.perf_counter() - started:.1f}s; registered and promoted {version} "
+        f"(target false-alarm rate {target:.1%})"
+    )
+    return version
 
 
 def stream(
     bootstrap: str,
     topic: str,
     generator: TrafficGenerator,
-    rate: float,
-    duration: float,
+    args: argparse.Namespace,
     port: int,
     alerts: AlertCollector,
+    stop: threading.Event,
 ) -> dict[str, str]:
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
     truth: dict[str, str] = {}
     started = time.monotonic()
-    next_report = started + 2.0
     sent = 0
-    while (now := time.monotonic()) < started + duration:
-        due = int((now - started) * rate) - sent
-        if due > 0:
-            for event in generator.events(due, time.time()):
-                producer.send(topic, key=event.id.encode(), value=event.value)
-                truth[event.id] = event.kind
-            sent += due
-        if now >= next_report:
-            report(port, truth, alerts, now - started)
-            next_report += 2.0
-        time.sleep(0.01)
+    with Live(
+        view(scrape(port), truth, alerts.ids(), 0.0), console=console, refresh_per_second=2
+    ) as live:
+        next_view = started
+        while not stop.is_set() and (now := time.monotonic()) < started + args.duration:
+            progress = (now - started) / args.duration
+            due = int((now - started) * args.rate) - sent
+            if due > 0:
+                drifting = 1 / 3 <= progress < 2 / 3
+                for event in generator.events(due, time.time(), drifting=drifting):
+                    producer.send(topic, key=event.id.encode(), value=event.value)
+                    truth[event.id] = event.kind
+                sent += due
+            if now >= next_view:
+                live.update(view(scrape(port), truth, alerts.ids(), now - started))
+                next_view = now + 1.0
+            time.sleep(0.01)
     producer.flush()
     producer.close()
     return truth
+
+
+def view(
+    m: dict[str, float], truth: dict[str, str], alerted: set[str], elapsed: float
+) -> RichTable:
+    precision, recall = score(truth, alerted)
+    table = RichTable(
+        title=f"anomaly-worker live ({elapsed:.0f}s)", show_header=False, min_width=52
+    )
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    rate = m.get("anomaly_records_consumed_total", 0.0) / max(elapsed, 1e-9) if elapsed else 0.0
+    table.add_row("records sent", f"{len(truth):,}")
+    table.add_row("records consumed", f"{m.get('anomaly_records_consumed_total', 0):,.0f}")
+    table.add_row("records/s (average)", f"{rate:,.0f}")
+    table.add_row("alerts", f"{m.get('anomaly_alerts_total', 0):,.0f}")
+    table.add_row("dead letters", f"{m.get('invalid', 0):,.0f}")
+    table.add_row("precision / recall", f"{precision:.2f} / {recall:.2f}")
+    table.add_row(
+        "p99 event -> alert", f"{m.get('p99_latency_seconds', float('nan')) * 1000:.0f} ms"
+    )
+    return table
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -159,24 +236,23 @@ def scrape(port: int) -> dict[str, float]:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
             text = response.read().decode()
     except OSError:
-        return _last_metrics
+        return {}
     values: dict[str, float] = {}
     buckets: list[tuple[float, float]] = []
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name == "anomaly_end_to_end_latency_seconds_bucket":
                 buckets.append((float(s.labels["le"]), s.value))
-            elif s.name.startswith("anomaly_records_invalid_total"):
+            elif s.name == "anomaly_records_invalid_total":
                 values["invalid"] = values.get("invalid", 0.0) + s.value
             else:
                 values.setdefault(s.name, s.value)
-    values["p99_latency_seconds"] = _quantile(sorted(buckets), 0.99)
-    _last_metrics.clear()
-    _last_metrics.update(values)
+    values["p99_latency_seconds"] = quantile(sorted(buckets), 0.99)
     return values
 
 
-def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
+def quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Prometheus-style histogram_quantile over cumulative (upper bound, count) pairs."""
     if not buckets or buckets[-1][1] == 0:
         return float("nan")
     rank = q * buckets[-1][1]
@@ -191,38 +267,25 @@ def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
     return previous_bound
 
 
-def report(port: int, truth: dict[str, str], alerts: AlertCollector, elapsed: float) -> None:
-    m = scrape(port)
-    precision, recall = score(truth, alerts.ids())
-    p99_ms = m["p99_latency_seconds"] * 1000
-    say(
-        f"t={elapsed:4.0f}s consumed={m.get('anomaly_records_consumed_total', 0):8.0f} "
-        f"alerts={m.get('anomaly_alerts_total', 0):5.0f} dead-letters={m.get('invalid', 0):3.0f} "
-        f"precision={precision:.2f} recall={recall:.2f} p99 latency={p99_ms:.0f} ms"
-    )
-
-
 def score(truth: dict[str, str], alerted: set[str]) -> tuple[float, float]:
-    positives = {i for i, k in truth.items() if k in ("spike", "broken_correlation")}
+    positives = {i for i, k in truth.items() if k in POSITIVE_KINDS}
     hits = len(positives & alerted)
     precision = hits / len(alerted) if alerted else float("nan")
     recall = hits / len(positives) if positives else float("nan")
     return precision, recall
 
 
-def summary(truth: dict[str, str], alerts: AlertCollector, metrics: dict[str, float]) -> None:
-    alerted = alerts.ids()
+def summary(truth: dict[str, str], alerted: set[str], metrics: dict[str, float]) -> None:
     precision, recall = score(truth, alerted)
     kinds = {k: sum(1 for v in truth.values() if v == k) for k in sorted(set(truth.values()))}
     caught = {
-        k: sum(1 for i, v in truth.items() if v == k and i in alerted)
-        for k in ("spike", "broken_correlation")
+        k: sum(1 for i, v in truth.items() if v == k and i in alerted) for k in POSITIVE_KINDS
     }
     p99_ms = metrics.get("p99_latency_seconds", float("nan")) * 1000
+    dead = metrics.get("invalid", 0)
     print("\n=== summary ===")
     print(f"records sent:        {len(truth)}  {kinds}")
     print(f"records consumed:    {metrics.get('anomaly_records_consumed_total', 0):.0f}")
-    dead = metrics.get("invalid", 0)
     print(f"dead letters:        {dead:.0f} (malformed sent: {kinds.get('malformed', 0)})")
     print(f"alerts:              {len(alerted)}  caught by kind: {caught}")
     print(f"precision / recall:  {precision:.3f} / {recall:.3f}")
@@ -255,7 +318,7 @@ class AlertCollector(threading.Thread):
         self.consumer.close()
 
 
-def _wait_ready(port: int, worker: subprocess.Popen[bytes], timeout: float) -> bool:
+def wait_ready(port: int, worker: subprocess.Popen[bytes], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and worker.poll() is None:
         try:
@@ -266,7 +329,7 @@ def _wait_ready(port: int, worker: subprocess.Popen[bytes], timeout: float) -> b
     return False
 
 
-def _drain(port: int, expected: int, timeout: float) -> None:
+def drain(port: int, expected: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if scrape(port).get("anomaly_records_consumed_total", 0) >= expected:

@@ -5,6 +5,7 @@ of wall time) with noise. Injected anomalies, each labelled:
 
 - ``spike``: one feature jumps far outside its range;
 - ``broken_correlation``: latency rises while traffic stays normal;
+- ``drift``: during a drift episode one host's CPU runs 40% hotter than its traffic explains;
 - ``malformed``: not a valid record at all (it belongs in the dead-letter topic).
 """
 
@@ -61,7 +62,14 @@ class TrafficGenerator:
             np.float32
         )
 
-    def events(self, n: int, now: float, anomaly_rate: float = 0.01, malformed_rate: float = 0.001):
+    def events(
+        self,
+        n: int,
+        now: float,
+        anomaly_rate: float = 0.01,
+        malformed_rate: float = 0.001,
+        drifting: bool = False,
+    ) -> list[Event]:
         rows = self._rows(np.full(n, now))
         kinds = self.rng.choice(
             ["normal", "spike", "broken_correlation", "malformed"],
@@ -77,6 +85,10 @@ class TrafficGenerator:
         for row, kind in zip(rows, kinds, strict=True):
             self.counter += 1
             rid = f"evt-{self.counter}"
+            host = self.counter % self.hosts
+            if drifting and host == 0 and kind == "normal":
+                kind = "drift"
+                row[1] = row[1] * 1.4 + 10
             if kind == "spike":
                 j = int(self.rng.integers(0, 6))
                 row[j] = row[j] * 4 + 50
@@ -88,7 +100,7 @@ class TrafficGenerator:
                 body = {
                     "id": rid,
                     "ts": now,
-                    "entity": f"host-{self.counter % self.hosts}",
+                    "entity": f"host-{host}",
                     "features": [round(float(x), 4) for x in row],
                 }
                 value = json.dumps(body).encode()

@@ -31,7 +31,8 @@ def test_demo_trains_streams_and_reports(kafka_bootstrap, tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "worker ready" in out and "=== summary ===" in out
+    assert "worker serving model" in out and "=== summary ===" in out
+    assert "registered and promoted" in out
     sent = int(re.search(r"records sent:\s+(\d+)", out).group(1))
     consumed = int(re.search(r"records consumed:\s+(\d+)", out).group(1))
     assert sent > 5000 and consumed == sent
@@ -39,4 +40,4 @@ def test_demo_trains_streams_and_reports(kafka_bootstrap, tmp_path):
         float, re.search(r"precision / recall:\s+([\d.]+) / ([\d.]+)", out).groups()
     )
     assert recall >= 0.9 and precision >= 0.5
-    assert (tmp_path / "model" / "bundle.json").is_file()
+    assert [p.name for p in tmp_path.glob("registry-*/CURRENT")] == ["CURRENT"]
