@@ -92,7 +92,10 @@ def test_two_workers_share_the_partitions(kafka_bootstrap, topics, start_worker)
     wait_for(lambda: assigned(a).count(shared) == 2 and assigned(b).count(shared) == 2, 30)
 
     values, anomalies = backlog(4_000, every=40)
-    ends = produce(kafka_bootstrap, shared, values)
+    # Distinct keys spread the records over all partitions (null keys may stick to one).
+    ends = produce(
+        kafka_bootstrap, shared, values, keys=[f"k{i}".encode() for i in range(len(values))]
+    )
     wait_for(lambda: committed(kafka_bootstrap, topics.group, shared, ends) == ends, 60)
     consumed = [w.metric("anomaly_records_consumed_total") for w in (a, b)]
     assert all(c > 0 for c in consumed)
