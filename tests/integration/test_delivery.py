@@ -96,6 +96,7 @@ def test_two_workers_share_the_partitions(kafka_bootstrap, topics, start_worker)
     ends = produce(
         kafka_bootstrap, shared, values, keys=[f"k{i}".encode() for i in range(len(values))]
     )
+    assert len(ends) == 4
     wait_for(lambda: committed(kafka_bootstrap, topics.group, shared, ends) == ends, 60)
     consumed = [w.metric("anomaly_records_consumed_total") for w in (a, b)]
     assert all(c > 0 for c in consumed)
