@@ -256,6 +256,8 @@ def _fit_config(args: argparse.Namespace, kafka: bool) -> FitConfig:
         loss=args.loss,
         noise=args.noise,
         trim_fraction=trim,
+        ensemble=args.ensemble,
+        scaling=args.scaling,
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
@@ -338,6 +340,18 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help="robust pass: drop the worst-reconstructed share and refit "
             "(default 0, or 0.01 for Kafka traffic)",
+        )
+        g.add_argument(
+            "--ensemble",
+            type=int,
+            default=1,
+            help="autoencoders averaged, each with its own seed (1)",
+        )
+        g.add_argument(
+            "--scaling",
+            choices=["robust", "minmax"],
+            default="robust",
+            help="input scaling frozen into the bundle (robust: median and IQR)",
         )
         g.add_argument("--epochs", type=int, default=200)
         g.add_argument("--patience", type=int, default=15, help="early stopping patience (epochs)")

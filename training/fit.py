@@ -10,7 +10,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,15 @@ import torch
 
 from training.data import Table
 from training.exceptions import TrainingError
-from training.model import ACTIVATIONS, AutoEncoder, ScoringModule, default_widths, robust_scaling
+from training.model import (
+    ACTIVATIONS,
+    AutoEncoder,
+    EnsembleModule,
+    ScoringModule,
+    default_widths,
+    minmax_scaling,
+    robust_scaling,
+)
 from worker.bundle import BundleMetadata, ThresholdCalibration, write_bundle
 
 __all__ = ["FitConfig", "FitResult", "build_bundle", "calibrate", "fit_bundle", "train"]
@@ -29,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 MIN_ROWS = 20
 MAD_TO_SIGMA = 1.4826
+ERROR_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,10 @@ class FitConfig:
     """Denoising: std of Gaussian noise added to scaled inputs while training."""
     trim_fraction: float = 0.0
     """Robust pass: drop this fraction of worst-reconstructed training rows and refit."""
+    ensemble: int = 1
+    """Autoencoders averaged (different seeds); each feature's error is normalised first."""
+    scaling: str = "robust"
+    """Input scaling frozen into the bundle: ``minmax`` (range) or ``robust`` (median, IQR)."""
     seed: int = 0
     device: str = "cpu"
     progress: bool = False
@@ -78,7 +91,9 @@ class FitConfig:
             problems.append("dropout in [0, 1), trim fraction in [0, 0.5) and noise >= 0 please")
         if self.hidden is not None and (not self.hidden or min(self.hidden) < 1):
             problems.append(f"hidden widths must be positive, got {self.hidden}")
-        if self.epochs < 1 or self.batch_size < 1 or self.mad_k <= 0:
+        if self.scaling not in ("minmax", "robust"):
+            problems.append(f"scaling must be minmax or robust, got {self.scaling!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.mad_k <= 0 or self.ensemble < 1:
             problems.append("epochs, batch size and k must be positive")
         if problems:
             raise TrainingError("; ".join(problems))
@@ -127,7 +142,7 @@ def train(X: np.ndarray, config: FitConfig) -> FitResult:
     n_val = max(round(n * config.validation_fraction), 10)
     X_val, X_train = X[order[:n_val]], X[order[n_val:]]
 
-    model, history, best_epoch = _fit_model(X_train, X_val, config)
+    model, history, best_epoch = _fit_ensemble(X_train, X_val, config)
     trimmed = 0
     if config.trim_fraction > 0:
         train_scores = _scores(model, X_train)
@@ -135,13 +150,15 @@ def train(X: np.ndarray, config: FitConfig) -> FitResult:
         trimmed = int((~keep).sum())
         logger.info("robust pass: dropping the %d worst-reconstructed rows and refitting", trimmed)
         X_train = X_train[keep]
-        model, history, best_epoch = _fit_model(X_train, X_val, config)
+        model, history, best_epoch = _fit_ensemble(X_train, X_val, config)
 
     val_scores = _scores(model, X_val)
     threshold, calibration = calibrate(val_scores, config)
     with torch.no_grad():
         _, val_errors, _ = model(torch.as_tensor(X_val))
     hidden, latent = _shape(d, config)
+    first = model.members[0]
+    assert isinstance(first, ScoringModule)
     report = {
         "config": {k: v for k, v in asdict(config).items() if k != "progress"},
         "rows_train": len(X_train),
@@ -157,8 +174,10 @@ def train(X: np.ndarray, config: FitConfig) -> FitResult:
         "history": history,
         "validation_scores": val_scores.tolist(),
         "per_feature_validation_error": val_errors.mean(dim=0).tolist(),
-        "feature_center": model.center.tolist(),
-        "feature_scale": model.scale.tolist(),
+        "ensemble": config.ensemble,
+        "scaling": "none" if config.loss == "bce" else config.scaling,
+        "feature_center": first.center.tolist(),
+        "feature_scale": first.scale.tolist(),
         "seed": config.seed,
     }
     logger.info(
@@ -170,6 +189,29 @@ def train(X: np.ndarray, config: FitConfig) -> FitResult:
         calibration.realised_alert_rate,
     )
     return FitResult(torch.jit.script(model), threshold, calibration, report)
+
+
+def _fit_ensemble(
+    X_train: np.ndarray, X_val: np.ndarray, config: FitConfig
+) -> tuple[EnsembleModule, list[dict[str, float]], int]:
+    """``config.ensemble`` autoencoders (seeds seed, seed+1, ...) combined on one scale."""
+    members, histories, best_epochs = [], [], []
+    for k in range(config.ensemble):
+        member, history, best_epoch = _fit_model(
+            X_train, X_val, replace(config, seed=config.seed + k)
+        )
+        members.append(member)
+        histories.append(history)
+        best_epochs.append(best_epoch)
+    scales = []
+    X_t = torch.as_tensor(X_train)
+    with torch.no_grad():
+        for member in members:
+            errors = member(X_t)[1].numpy().astype(np.float64)
+            per_feature = np.maximum(errors.mean(axis=0), ERROR_FLOOR)
+            typical = float(np.median((errors / per_feature).mean(axis=1)))
+            scales.append(per_feature * max(typical, ERROR_FLOOR))
+    return EnsembleModule(members, np.asarray(scales)).eval(), histories[0], best_epochs[0]
 
 
 def _shape(d: int, config: FitConfig) -> tuple[tuple[int, ...], int]:
@@ -187,7 +229,7 @@ def _fit_model(
     if bce:
         center, scale = np.zeros(d, np.float32), np.ones(d, np.float32)
     else:
-        center, scale = robust_scaling(X_train)
+        center, scale = (minmax_scaling if config.scaling == "minmax" else robust_scaling)(X_train)
     autoencoder = AutoEncoder(
         d, hidden, latent, config.activation, config.dropout, sigmoid_output=bce
     )
@@ -253,7 +295,7 @@ def _loss(model: ScoringModule, noisy: torch.Tensor, clean: torch.Tensor) -> tor
     return ((reconstruction - target) ** 2).mean()
 
 
-def _scores(model: ScoringModule, X: np.ndarray) -> np.ndarray:
+def _scores(model: torch.nn.Module, X: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return model(torch.as_tensor(X))[0].numpy().astype(np.float64)
 

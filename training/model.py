@@ -11,7 +11,15 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "AutoEncoder", "ScoringModule", "default_widths", "robust_scaling"]
+__all__ = [
+    "ACTIVATIONS",
+    "AutoEncoder",
+    "EnsembleModule",
+    "ScoringModule",
+    "default_widths",
+    "minmax_scaling",
+    "robust_scaling",
+]
 
 MIN_SCALE = 1e-6
 
@@ -80,8 +88,15 @@ def robust_scaling(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return center.astype(np.float32), scale.astype(np.float32)
 
 
+def minmax_scaling(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Minimum and range per column (a constant column gets range 1)."""
+    low, high = X.min(axis=0), X.max(axis=0)
+    span = high - low
+    return low.astype(np.float32), np.where(span > MIN_SCALE, span, 1.0).astype(np.float32)
+
+
 class ScoringModule(nn.Module):
-    """Scaling + autoencoder + per-feature error: the bundle's TorchScript module.
+    """Scaling + autoencoder + per-feature error: one member of the bundle's module.
 
     ``bce`` selects binary cross-entropy per feature (features in [0, 1], no
     scaling, sigmoid output); otherwise squared error in robust-scaled units.
@@ -111,3 +126,30 @@ class ScoringModule(nn.Module):
             error = (z - reconstruction) ** 2
         expected = reconstruction * self.scale + self.center
         return error.mean(dim=1), error, expected
+
+
+class EnsembleModule(nn.Module):
+    """Several scoring modules averaged, each feature's error divided by its training spread.
+
+    ``error_scale[k, j]`` is member k's mean training error on feature j times the median
+    of its normalised training score: a feature that is always hard to reconstruct no longer
+    dominates the score, and every member's score has median 1 on training rows, so the
+    members are averaged on one scale.
+    """
+
+    error_scale: torch.Tensor
+
+    def __init__(self, members: list[ScoringModule], error_scale: np.ndarray) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.register_buffer("error_scale", torch.as_tensor(error_scale, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        errors: list[torch.Tensor] = []
+        expected: list[torch.Tensor] = []
+        for member in self.members:
+            _, error, reconstruction = member(x)
+            errors.append(error)
+            expected.append(reconstruction)
+        error = (torch.stack(errors) / self.error_scale.unsqueeze(1)).mean(dim=0)
+        return error.mean(dim=1), error, torch.stack(expected).mean(dim=0)

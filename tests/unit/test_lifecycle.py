@@ -246,3 +246,18 @@ def test_models_commands(tmp_path, capsys):
     assert parse_duration("6h") == 21600 and parse_duration("90s") == 90
     with pytest.raises(TrainingError):
         parse_duration("soon")
+
+
+def test_ensemble_normalises_each_feature_and_member():
+    X = correlated(1500)
+    X[:, 0] *= 100  # a feature on another scale: its error must not dominate the score
+    result = train(X, FitConfig(epochs=20, ensemble=3, scaling="minmax", seed=0))
+    module = result.module
+    assert len(module.members) == 3 and tuple(module.error_scale.shape) == (3, 4)
+    with __import__("torch").no_grad():
+        score, errors, expected = module(__import__("torch").as_tensor(X))
+    # on training data every feature's normalised error is of the same order
+    per_feature = errors.mean(dim=0)
+    assert float(per_feature.max() / per_feature.min()) < 5
+    assert abs(float(score.median()) - 1.0) < 0.5
+    assert expected.shape == (1500, 4)
