@@ -112,6 +112,13 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--protocols", nargs="+", default=["normal", "contaminated"])
     parser.add_argument("--detectors", nargs="+", default=[OURS, *PEERS])
+    parser.add_argument(
+        "--ours",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="FitConfig overrides for our detector, e.g. ensemble=3 scaling=minmax",
+    )
     parser.add_argument("--csv", type=Path, default=ROOT / "docs" / "detection.csv")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "detection.md")
     args = parser.parse_args()
@@ -120,7 +127,9 @@ def main() -> int:
     files = sorted(args.data.glob("*.npz"), key=lambda p: int(p.stem.split("_")[0]))
     if args.datasets:
         files = [f for f in files if dataset_name(f) in args.datasets]
-    config = FitConfig()
+    overrides = dict(item.split("=", 1) for item in args.ours)
+    defaults = FitConfig()
+    config = FitConfig(**{k: type(getattr(defaults, k))(v) for k, v in overrides.items()})
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for path in files:
