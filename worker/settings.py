@@ -97,7 +97,7 @@ class WorkerSettings(BaseSettings):
     batch_max_records: int = Field(DEFAULT_BATCH_MAX_RECORDS, ge=1, le=100_000)
     """A micro-batch closes at this many records ..."""
     batch_max_wait_seconds: float = Field(DEFAULT_BATCH_MAX_WAIT_SECONDS, gt=0.0, le=10.0)
-    """... or this long after its first record, whichever comes first."""
+    """... or this long after its first record, or as soon as nothing more is buffered."""
     max_record_bytes: int = Field(DEFAULT_MAX_RECORD_BYTES, ge=64)
     """Records larger than this go to the dead-letter topic as ``oversized``."""
     commit_interval_seconds: float = Field(DEFAULT_COMMIT_INTERVAL_SECONDS, gt=0.0, le=300.0)
