@@ -123,3 +123,14 @@ def wait_for(predicate, timeout_seconds: float, interval: float = 0.2, message: 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout_seconds}s waiting for {message}")
+
+
+def wait_committed(
+    bootstrap: str, group: str, topic: str, ends: dict[int, int], timeout_seconds: float = 60
+):
+    """Wait until ``group`` has committed ``topic`` up to ``ends`` (partition -> end offset)."""
+    wait_for(
+        lambda: committed(bootstrap, group, topic, ends) == ends,
+        timeout_seconds,
+        message=f"{group} to commit {topic} up to {ends}",
+    )

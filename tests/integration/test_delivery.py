@@ -5,7 +5,14 @@ import json
 import pytest
 
 from tests.helpers import record
-from tests.integration.kafka_helpers import committed, create_topics, produce, read_topic, wait_for
+from tests.integration.kafka_helpers import (
+    committed,
+    create_topics,
+    produce,
+    read_topic,
+    wait_committed,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -67,11 +74,7 @@ def test_sigkill_mid_stream_then_restart_alerts_every_anomaly(
 
     second = start_worker()
     second.wait_ready()
-    wait_for(
-        lambda: committed(kafka_bootstrap, topics.group, topics.input, ends) == ends,
-        90,
-        message="the restarted worker to commit everything",
-    )
+    wait_committed(kafka_bootstrap, topics.group, topics.input, ends, 90)
     alerted = alerted_ids(kafka_bootstrap, topics.alerts, len(anomalies))
     assert set(alerted) == anomalies  # none lost; repeats are allowed
 
@@ -97,7 +100,7 @@ def test_two_workers_share_the_partitions(kafka_bootstrap, topics, start_worker)
         kafka_bootstrap, shared, values, keys=[f"k{i}".encode() for i in range(len(values))]
     )
     assert len(ends) == 4
-    wait_for(lambda: committed(kafka_bootstrap, topics.group, shared, ends) == ends, 60)
+    wait_committed(kafka_bootstrap, topics.group, shared, ends)
     consumed = [w.metric("anomaly_records_consumed_total") for w in (a, b)]
     assert all(c > 0 for c in consumed)
     assert sum(consumed) == len(values)

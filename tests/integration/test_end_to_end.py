@@ -6,7 +6,7 @@ import random
 import pytest
 
 from tests.helpers import NAMES, record
-from tests.integration.kafka_helpers import committed, produce, read_topic, wait_for
+from tests.integration.kafka_helpers import produce, read_topic, wait_committed
 
 pytestmark = pytest.mark.integration
 
@@ -49,11 +49,7 @@ def test_scores_alerts_dead_letters_and_commits(kafka_bootstrap, topics, start_w
 
     worker = start_worker()
     worker.wait_ready()
-    wait_for(
-        lambda: committed(kafka_bootstrap, topics.group, topics.input, ends) == ends,
-        60,
-        message="offsets committed to the end",
-    )
+    wait_committed(kafka_bootstrap, topics.group, topics.input, ends)
 
     alerts = read_topic(kafka_bootstrap, topics.alerts, expect=len(anomalies))
     bodies = [json.loads(a.value) for a in alerts]

@@ -8,7 +8,7 @@ from collections import defaultdict
 import pytest
 
 from tests.helpers import record, write_distance_bundle
-from tests.integration.kafka_helpers import committed, produce, read_topic, wait_for
+from tests.integration.kafka_helpers import produce, read_topic, wait_committed, wait_for
 from worker.bundle import MODEL_FILE
 from worker.registry import Registry
 
@@ -52,7 +52,7 @@ def test_switches_v1_to_v2_mid_stream_and_refuses_a_corrupt_candidate(
     wait_for(lambda: (worker.metric("anomaly_records_consumed_total") or 0) > 1000, 30)
     registry.set_current("v2", "promote mid-stream")
     producer.join(timeout=120)
-    wait_for(lambda: committed(kafka_bootstrap, topics.group, topics.input, ends) == ends, 60)
+    wait_committed(kafka_bootstrap, topics.group, topics.input, ends)
     assert worker.metric("anomaly_model_reloads_total", {"result": "loaded"}) == 1
     assert worker.metric("anomaly_model_info", {"version": "v2"}) == 1
 
@@ -73,7 +73,7 @@ def test_switches_v1_to_v2_mid_stream_and_refuses_a_corrupt_candidate(
     more = produce(kafka_bootstrap, topics.input, [record([1, 1, 1, 1], id="after-corrupt")])
     for p, end in more.items():
         ends[p] = max(ends.get(p, 0), end)
-    wait_for(lambda: committed(kafka_bootstrap, topics.group, topics.input, ends) == ends, 60)
+    wait_committed(kafka_bootstrap, topics.group, topics.input, ends)
     last = [json.loads(a.value) for a in read_topic(kafka_bootstrap, topics.alerts, len(sent) + 1)]
     assert [b["model_version"] for b in last if b["id"] == "after-corrupt"] == ["v2"]
     assert not worker.exited() and "v3-corrupt refused" in worker.log()

@@ -7,7 +7,7 @@ import pytest
 
 from demo.broker import free_port
 from tests.helpers import record
-from tests.integration.kafka_helpers import committed, produce, read_topic, wait_for
+from tests.integration.kafka_helpers import produce, read_topic, wait_committed, wait_for
 from tests.integration.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,7 @@ def test_worker_waits_for_a_broker_that_comes_up_later(kafka_bootstrap, topics, 
     try:
         worker.wait_ready(timeout_seconds=60)
         ends = produce(kafka_bootstrap, topics.input, [record([5, 5, 5, 5], id="late")])
-        wait_for(lambda: committed(kafka_bootstrap, topics.group, topics.input, ends) == ends, 60)
+        wait_committed(kafka_bootstrap, topics.group, topics.input, ends)
         (alert,) = read_topic(kafka_bootstrap, topics.alerts, 1)
         assert json.loads(alert.value)["id"] == "late"
         assert worker.terminate() == 0
