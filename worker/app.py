@@ -71,6 +71,7 @@ def run_worker(
     """Run until ``stop`` is set. Raises BundleError for an unusable model (before connecting)."""
     metrics = WorkerMetrics(registry)
     health = HealthState(stall_seconds=max(60.0, 3 * settings.session_timeout_seconds))
+    metrics.ready.set_function(lambda: float(health.ready))  # one source of truth: /readyz
     with ExitStack() as stack:
         server = HealthServer(
             settings.metrics_host, settings.metrics_port, metrics.registry, health

@@ -296,7 +296,6 @@ class Pipeline:
     def on_assigned(self, assigned: set[Partition]) -> None:
         self._assigned |= assigned
         self.health.set_ready(True, "ok")
-        self.metrics.ready.set(1)
         logger.info("partitions assigned: %s", sorted(assigned))
 
     def _update_lag(self) -> None:
