@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -34,8 +35,13 @@ def prometheus_binary():
 
 def query(port, expr):
     url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(url, timeout=5) as response:
-        body = json.loads(response.read())
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 503:  # the server listens before its storage is ready
+            return []
+        raise
     assert body["status"] == "success", body
     return body["data"]["result"]
 
