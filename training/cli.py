@@ -258,6 +258,10 @@ def _fit_config(args: argparse.Namespace, kafka: bool) -> FitConfig:
         trim_fraction=trim,
         ensemble=args.ensemble,
         scaling=args.scaling,
+        score=args.score,
+        neighbours=args.neighbours,
+        memory_rows=args.memory_rows,
+        memory_trim=args.memory_trim,
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
@@ -352,6 +356,32 @@ def _parser() -> argparse.ArgumentParser:
             choices=["robust", "minmax"],
             default="robust",
             help="input scaling frozen into the bundle (robust: median and IQR)",
+        )
+        g.add_argument(
+            "--score",
+            choices=["combined", "reconstruction"],
+            default="combined",
+            help="combined: reconstruction error + distance to remembered normal rows + "
+            "feature tails (default); reconstruction: the autoencoder's error alone",
+        )
+        g.add_argument(
+            "--neighbours",
+            type=int,
+            default=5,
+            help="combined score: nearest remembered rows averaged (5)",
+        )
+        g.add_argument(
+            "--memory-rows",
+            type=int,
+            default=4096,
+            help="combined score: training rows kept in the bundle (4096)",
+        )
+        g.add_argument(
+            "--memory-trim",
+            type=float,
+            default=0.05,
+            help="combined score: share of remembered rows with the most extreme values dropped "
+            "(0.05)",
         )
         g.add_argument("--epochs", type=int, default=200)
         g.add_argument("--patience", type=int, default=15, help="early stopping patience (epochs)")

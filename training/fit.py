@@ -22,7 +22,10 @@ from training.data import Table
 from training.exceptions import TrainingError
 from training.model import (
     ACTIVATIONS,
+    COMPONENTS,
+    MIN_SCALE,
     AutoEncoder,
+    DetectorModule,
     EnsembleModule,
     ScoringModule,
     default_widths,
@@ -38,6 +41,11 @@ logger = logging.getLogger(__name__)
 MIN_ROWS = 20
 MAD_TO_SIGMA = 1.4826
 ERROR_FLOOR = 1e-6
+SCORES = ("combined", "reconstruction")
+COMPONENT_WEIGHTS = {"reconstruction": 0.2, "neighbours": 0.6, "tails": 0.2}
+"""How the default ``combined`` score weighs its components (``DetectorModule``)."""
+COMPONENT_QUANTILE = 0.99
+CONSTANT_RELATIVE_SCALE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,16 @@ class FitConfig:
     """Autoencoders averaged (different seeds); each feature's error is normalised first."""
     scaling: str = "robust"
     """Input scaling frozen into the bundle: ``minmax`` (range) or ``robust`` (median, IQR)."""
+    score: str = "combined"
+    """``combined``: reconstruction error + distance to remembered normal rows + feature tails
+    (``DetectorModule``); ``reconstruction``: the autoencoders' error alone."""
+    neighbours: int = 5
+    """combined score: the distance to this many nearest remembered normal rows is averaged."""
+    memory_rows: int = 4096
+    """combined score: training rows kept in the bundle (a seeded sample when there are more)."""
+    memory_trim: float = 0.05
+    """combined score: share of remembered rows with the most extreme feature values dropped,
+    so anomalies left in the training traffic do not become "normal" neighbours."""
     seed: int = 0
     device: str = "cpu"
     progress: bool = False
@@ -95,6 +113,15 @@ class FitConfig:
             problems.append(f"scaling must be minmax or robust, got {self.scaling!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.mad_k <= 0 or self.ensemble < 1:
             problems.append("epochs, batch size and k must be positive")
+        if self.score not in SCORES:
+            problems.append(f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
+        if self.neighbours < 1 or self.memory_rows < 2 * self.neighbours:
+            problems.append(
+                f"neighbours must be >= 1 and memory rows >= 2 x neighbours, got "
+                f"{self.neighbours} and {self.memory_rows}"
+            )
+        if not 0 <= self.memory_trim < 0.5:
+            problems.append(f"memory trim must be in [0, 0.5), got {self.memory_trim}")
         if problems:
             raise TrainingError("; ".join(problems))
 
@@ -115,7 +142,9 @@ def calibrate(scores: np.ndarray, config: FitConfig) -> tuple[float, ThresholdCa
         mad = float(np.median(np.abs(scores - median))) * MAD_TO_SIGMA
         threshold = median + config.mad_k * max(mad, 1e-12)
     else:
-        threshold = float(np.quantile(scores, 1.0 - config.target_alert_rate, method="higher"))
+        # Interpolated: with a few hundred held-out rows, the next order statistic up
+        # ("higher") overshoots the target quantile by a whole row's gap.
+        threshold = float(np.quantile(scores, 1.0 - config.target_alert_rate))
     threshold = max(threshold, 1e-12)
     realised = float((scores > threshold).mean())
     return threshold, ThresholdCalibration(
@@ -152,12 +181,17 @@ def train(X: np.ndarray, config: FitConfig) -> FitResult:
         X_train = X_train[keep]
         model, history, best_epoch = _fit_ensemble(X_train, X_val, config)
 
-    val_scores = _scores(model, X_val)
+    autoencoders = model
+    score_report: dict[str, Any] = {"method": config.score}
+    module: torch.nn.Module = autoencoders
+    if config.score == "combined":
+        module, score_report = _detector(autoencoders, X_train, X_val, config)
+    val_scores = _scores(module, X_val)
     threshold, calibration = calibrate(val_scores, config)
     with torch.no_grad():
-        _, val_errors, _ = model(torch.as_tensor(X_val))
+        _, val_errors, _ = autoencoders(torch.as_tensor(X_val))
     hidden, latent = _shape(d, config)
-    first = model.members[0]
+    first = autoencoders.members[0]
     assert isinstance(first, ScoringModule)
     report = {
         "config": {k: v for k, v in asdict(config).items() if k != "progress"},
@@ -178,6 +212,7 @@ def train(X: np.ndarray, config: FitConfig) -> FitResult:
         "scaling": "none" if config.loss == "bce" else config.scaling,
         "feature_center": first.center.tolist(),
         "feature_scale": first.scale.tolist(),
+        "score": score_report,
         "seed": config.seed,
     }
     logger.info(
@@ -188,7 +223,7 @@ def train(X: np.ndarray, config: FitConfig) -> FitResult:
         calibration.method,
         calibration.realised_alert_rate,
     )
-    return FitResult(torch.jit.script(model), threshold, calibration, report)
+    return FitResult(torch.jit.script(module), threshold, calibration, report)
 
 
 def _fit_ensemble(
@@ -212,6 +247,59 @@ def _fit_ensemble(
             typical = float(np.median((errors / per_feature).mean(axis=1)))
             scales.append(per_feature * max(typical, ERROR_FLOOR))
     return EnsembleModule(members, np.asarray(scales)).eval(), histories[0], best_epochs[0]
+
+
+def _detector(
+    autoencoders: EnsembleModule, X_train: np.ndarray, X_val: np.ndarray, config: FitConfig
+) -> tuple[DetectorModule, dict[str, Any]]:
+    """The combined score: remember normal rows, put every component on one scale.
+
+    The memory is a seeded sample of the training rows (at most ``memory_rows``), in
+    standardised units, less the ``memory_trim`` share whose values lie furthest out in
+    their features' tails; the tails are measured against the whole sample. Each
+    component is scaled by its 99th percentile on the held-out rows, never seen here.
+    """
+    rng = np.random.default_rng(config.seed)
+    sample = X_train
+    if len(sample) > config.memory_rows:
+        sample = sample[np.sort(rng.choice(len(sample), config.memory_rows, replace=False))]
+    center = X_train.mean(axis=0)
+    spread = X_train.std(axis=0)
+    # A column constant in training: a change of 0.1% of its value (or of 0.001) counts as
+    # one standard deviation, so a never-seen value there is far from every remembered row.
+    constant = CONSTANT_RELATIVE_SCALE * np.maximum(np.abs(center), 1.0)
+    scale = np.where(spread > MIN_SCALE, spread, constant).astype(np.float32)
+    standardised = ((sample - center) / scale).astype(np.float32)
+    k = min(config.neighbours, len(sample) // 2)
+    weights = np.array([COMPONENT_WEIGHTS[c] for c in COMPONENTS], dtype=np.float32)
+    ones = np.ones(len(COMPONENTS), dtype=np.float32)
+
+    def build(memory: np.ndarray, component_scale: np.ndarray) -> DetectorModule:
+        return DetectorModule(
+            autoencoders, center, scale, memory, sample, k, component_scale, weights
+        ).eval()
+
+    with torch.no_grad():
+        tails = build(standardised, ones).components(torch.as_tensor(sample))[0][:, 2].numpy()
+    keep = tails <= np.quantile(tails, 1.0 - config.memory_trim)
+    if keep.sum() < 2 * k:
+        keep = np.ones(len(sample), dtype=bool)
+    memory = standardised[keep]
+    with torch.no_grad():
+        parts = build(memory, ones).components(torch.as_tensor(X_val))[0].numpy()
+    component_scale = np.maximum(
+        np.quantile(parts.astype(np.float64), COMPONENT_QUANTILE, axis=0), ERROR_FLOOR
+    ).astype(np.float32)
+    report = {
+        "method": "combined",
+        "weights": dict(COMPONENT_WEIGHTS),
+        "component_scale": dict(zip(COMPONENTS, component_scale.tolist(), strict=True)),
+        "neighbours": k,
+        "memory_rows": len(memory),
+        "memory_trimmed": int((~keep).sum()),
+        "reference_rows": len(sample),
+    }
+    return build(memory, component_scale), report
 
 
 def _shape(d: int, config: FitConfig) -> tuple[tuple[int, ...], int]:

@@ -1,8 +1,12 @@
-"""The dense autoencoder and the scoring module that goes into a bundle.
+"""The dense autoencoder and the modules that go into a bundle.
 
-:class:`ScoringModule` is what the worker runs: raw float32 features in,
-``(score, feature_error, expected)`` out, with the scaling frozen inside so
-nothing outside the bundle has to know about it.
+What the worker runs is raw float32 features in, ``(score, feature_error, expected)``
+out, with every scaling frozen inside so nothing outside the bundle has to know
+about it. :class:`ScoringModule` is one autoencoder with its input scaling,
+:class:`EnsembleModule` averages several, and :class:`DetectorModule` (the default
+bundle) adds two views of the training traffic to the reconstruction error: the
+distance to the nearest remembered normal rows and how far out in its own feature's
+tail each value lies.
 """
 
 import itertools
@@ -13,7 +17,9 @@ from torch import nn
 
 __all__ = [
     "ACTIVATIONS",
+    "COMPONENTS",
     "AutoEncoder",
+    "DetectorModule",
     "EnsembleModule",
     "ScoringModule",
     "default_widths",
@@ -153,3 +159,81 @@ class EnsembleModule(nn.Module):
             expected.append(reconstruction)
         error = (torch.stack(errors) / self.error_scale.unsqueeze(1)).mean(dim=0)
         return error.mean(dim=1), error, torch.stack(expected).mean(dim=0)
+
+
+COMPONENTS = ("reconstruction", "neighbours", "tails")
+
+
+class DetectorModule(nn.Module):
+    """The default bundle: three views of "how unlike the training traffic is this row".
+
+    - ``reconstruction``: the autoencoders' mean per-feature error (what the alert explains:
+      ``feature_error`` and ``expected`` are the autoencoders');
+    - ``neighbours``: mean Euclidean distance to the ``k`` nearest rows of ``memory``, a
+      sample of normal training rows in standardised units -- what an autoencoder misses
+      when it reconstructs a row that lies off the data along a direction it learned;
+    - ``tails``: sum over features of ``-log`` of the two-sided empirical tail probability
+      of the value among the training rows (``reference``, sorted per feature) -- a value
+      further out than anything in training scores ``log(n + 1)`` on that feature.
+
+    Each component is divided by its 99th percentile on held-out normal rows
+    (``component_scale``), so 1.0 means "as unusual as the 1% most unusual normal rows",
+    and the score is their weighted sum.
+    """
+
+    center: torch.Tensor
+    scale: torch.Tensor
+    memory: torch.Tensor
+    reference: torch.Tensor
+    component_scale: torch.Tensor
+    weights: torch.Tensor
+    k: int
+
+    def __init__(
+        self,
+        autoencoders: EnsembleModule,
+        center: np.ndarray,
+        scale: np.ndarray,
+        memory: np.ndarray,
+        reference: np.ndarray,
+        k: int,
+        component_scale: np.ndarray,
+        weights: np.ndarray,
+    ) -> None:
+        super().__init__()
+        if memory.shape[0] < k:
+            raise ValueError(f"memory holds {memory.shape[0]} rows, fewer than k={k}")
+        self.autoencoders = autoencoders
+        self.register_buffer("center", torch.as_tensor(center, dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+        self.register_buffer("memory", torch.as_tensor(memory, dtype=torch.float32))
+        # [D, N]: one sorted row of training values per feature, for searchsorted.
+        self.register_buffer(
+            "reference",
+            torch.as_tensor(np.sort(reference, axis=0).T.copy(), dtype=torch.float32),
+        )
+        self.register_buffer(
+            "component_scale", torch.as_tensor(component_scale, dtype=torch.float32)
+        )
+        self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float32))
+        self.k = k
+
+    @torch.jit.export
+    def components(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[B, 3]`` raw components (see ``COMPONENTS``), feature error, expected values."""
+        reconstruction, feature_error, expected = self.autoencoders(x)
+        z = (x - self.center) / self.scale
+        distances = torch.cdist(z, self.memory)
+        neighbours = distances.topk(self.k, dim=1, largest=False).values.mean(dim=1)
+        values = x.t().contiguous()
+        n = self.reference.shape[1]
+        at_most = torch.searchsorted(self.reference, values, right=True)
+        at_least = n - torch.searchsorted(self.reference, values, right=False)
+        tail = torch.minimum(at_most, at_least).to(x.dtype).clamp(min=1.0) / (n + 1)
+        tails = -torch.log(tail).sum(dim=0)
+        return torch.stack([reconstruction, neighbours, tails], dim=1), feature_error, expected
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        parts, feature_error, expected = self.components(x)
+        score = (parts / self.component_scale * self.weights).sum(dim=1)
+        return score, feature_error, expected

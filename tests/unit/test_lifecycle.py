@@ -251,7 +251,8 @@ def test_models_commands(tmp_path, capsys):
 def test_ensemble_normalises_each_feature_and_member():
     X = correlated(1500)
     X[:, 0] *= 100  # a feature on another scale: its error must not dominate the score
-    result = train(X, FitConfig(epochs=20, ensemble=3, scaling="minmax", seed=0))
+    config = FitConfig(epochs=20, ensemble=3, scaling="minmax", score="reconstruction", seed=0)
+    result = train(X, config)
     module = result.module
     assert len(module.members) == 3 and tuple(module.error_scale.shape) == (3, 4)
     with __import__("torch").no_grad():
