@@ -56,6 +56,12 @@ def main() -> int:
     )
     parser.add_argument("--offered-seconds", type=float, default=10.0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--score",
+        choices=["combined", "reconstruction"],
+        default="combined",
+        help="the bundle's score (reconstruction: the autoencoder alone, for a before/after)",
+    )
     args = parser.parse_args()
 
     with ExitStack() as stack:
@@ -73,7 +79,7 @@ def main() -> int:
                 rng.normal(size=(20_000, D)).astype(np.float32), tuple(f"f{i}" for i in range(D))
             ),
             workdir / "model",
-            FitConfig(epochs=20, seed=0),
+            FitConfig(epochs=20, seed=0, score=args.score),
         )
         t0 = time.perf_counter()
         ends = fill(bootstrap, topic, args.records, rng, anomaly_share=0.01)

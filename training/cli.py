@@ -260,7 +260,8 @@ def _fit_config(args: argparse.Namespace, kafka: bool) -> FitConfig:
         scaling=args.scaling,
         score=args.score,
         neighbours=args.neighbours,
-        memory_rows=args.memory_rows,
+        prototypes=args.prototypes,
+        sample_rows=args.sample_rows,
         memory_trim=args.memory_trim,
         seed=args.seed,
         device=args.device,
@@ -367,21 +368,27 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument(
             "--neighbours",
             type=int,
-            default=5,
-            help="combined score: nearest remembered rows averaged (5)",
+            default=1,
+            help="combined score: nearest prototypes averaged (1)",
         )
         g.add_argument(
-            "--memory-rows",
+            "--prototypes",
+            type=int,
+            default=256,
+            help="combined score: k-means centres of the training rows kept in the bundle (256)",
+        )
+        g.add_argument(
+            "--sample-rows",
             type=int,
             default=4096,
-            help="combined score: training rows kept in the bundle (4096)",
+            help="combined score: training rows sampled for the tails and prototypes (4096)",
         )
         g.add_argument(
             "--memory-trim",
             type=float,
             default=0.05,
-            help="combined score: share of remembered rows with the most extreme values dropped "
-            "(0.05)",
+            help="combined score: share of sampled rows with the most extreme values left out "
+            "of the prototypes (0.05)",
         )
         g.add_argument("--epochs", type=int, default=200)
         g.add_argument("--patience", type=int, default=15, help="early stopping patience (epochs)")

@@ -27,3 +27,21 @@ def test_scorer_runs_on_cuda_and_matches_cpu(tmp_path):
 def test_auto_picks_cuda(tmp_path):
     write_distance_bundle(tmp_path)
     assert Scorer.load(tmp_path, "auto").device.type == "cuda"
+
+
+def test_default_trained_bundle_scores_the_same_on_cuda(tmp_path):
+    # The combined score (autoencoder + prototypes + tail table) on the device the worker
+    # picks: the same scores and the same alert decisions as on the CPU.
+    from training.data import Table
+    from training.fit import FitConfig, fit_bundle
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(5000, 6)).astype(np.float32)
+    metadata = fit_bundle(Table(X, tuple("abcdef")), tmp_path / "m", FitConfig(epochs=5))
+    probe = np.vstack([rng.normal(size=(4000, 6)), 4 * rng.normal(size=(96, 6))])
+    probe = probe.astype(np.float32)
+    gpu = Scorer.load(tmp_path / "m", "cuda").score(probe).scores
+    cpu = Scorer.load(tmp_path / "m", "cpu").score(probe).scores
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-4)
+    agree = (gpu > metadata.threshold) == (cpu > metadata.threshold)
+    assert agree.mean() >= 0.999
