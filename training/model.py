@@ -181,19 +181,19 @@ def two_sided_tail(sorted_values: np.ndarray, points: np.ndarray) -> np.ndarray:
 class TailLookup(nn.Module):
     """``-log`` two-sided empirical tail probability of each value among ``reference``.
 
-    Values are mapped to ``asinh((x - median) / spread)`` -- linear near the median,
-    logarithmic in heavy tails -- and the training range of that is cut into ``cells``
-    equal cells; each cell holds the least extreme tail probability of any point in it
-    (its edges and the training values that fall in it), so a lookup never overstates how
-    unusual a value is. Scoring is a few elementwise operations and one gather per value
-    (a binary search per value cost 3x more). Values outside the training range get the
-    largest penalty, ``log(n + 1)``; that test is exact, on the raw values.
+    Values are mapped to ``sign(t) log(1 + |t|)``, ``t = (x - median) / spread`` -- linear
+    near the median, logarithmic in heavy tails -- and the training range of that is cut
+    into ``cells`` equal cells; each cell holds the least extreme tail probability of any
+    point in it (its edges and the training values that fall in it), so a lookup never
+    overstates how unusual a value is. Scoring is a few elementwise operations and one
+    gather per value (a binary search per value cost 3x more). Values outside the training
+    range get the largest penalty, ``log(n + 1)``; that test is exact, on the raw values.
     """
 
-    center: torch.Tensor
-    spread: torch.Tensor
-    low: torch.Tensor
-    width: torch.Tensor
+    scale_in: torch.Tensor
+    shift_in: torch.Tensor
+    cell_scale: torch.Tensor
+    cell_shift: torch.Tensor
     minimum: torch.Tensor
     maximum: torch.Tensor
     table: torch.Tensor
@@ -205,46 +205,49 @@ class TailLookup(nn.Module):
         super().__init__()
         n, d = reference.shape
         center, spread = robust_scaling(reference)
-        self.register_buffer("center", torch.as_tensor(center))
-        self.register_buffer("spread", torch.as_tensor(spread))
+        # t = (x - center) / spread as one multiply-add, u = sign(t) log(1 + |t|),
+        # cell = u / width - low / width.
+        self.register_buffer("scale_in", torch.as_tensor(1.0 / spread, dtype=torch.float32))
+        self.register_buffer("shift_in", torch.as_tensor(-center / spread, dtype=torch.float32))
         mapped = self._map(torch.as_tensor(reference, dtype=torch.float32))
         low, high = mapped.min(dim=0).values, mapped.max(dim=0).values
         width = torch.where(high > low, (high - low) / cells, torch.ones_like(high))
+        self.register_buffer("cell_scale", 1.0 / width)
+        self.register_buffer("cell_shift", -low / width)
+        self.cells = cells
         table = np.zeros((d, cells))
         for j in range(d):
             column = np.sort(reference[:, j].astype(np.float64))
             with np.errstate(over="ignore"):  # a constant column's cells run off to inf
-                edges = center[j] + spread[j] * np.sinh(
-                    low[j].item() + width[j].item() * np.arange(cells + 1)
-                )
+                at = low[j].item() + width[j].item() * np.arange(cells + 1)
+                edges = center[j] + spread[j] * np.copysign(np.expm1(np.abs(at)), at)
             edge_tail = two_sided_tail(column, edges)
             tail = np.maximum(edge_tail[:-1], edge_tail[1:])
             # Each distinct training value's cell, computed as at scoring time.
             distinct = np.unique(reference[:, j])
             probe = np.zeros((len(distinct), d), dtype=np.float32)
             probe[:, j] = distinct
-            at = self._map(torch.as_tensor(probe))[:, j]
-            slots = ((at - low[j]) / width[j]).floor().clamp(0, cells - 1).long().numpy()
+            slots = self._cell(torch.as_tensor(probe))[:, j].numpy()
             np.maximum.at(tail, slots, two_sided_tail(column, distinct.astype(np.float64)))
             table[j] = -np.log(tail)
-        self.register_buffer("low", low)
-        self.register_buffer("width", width)
         self.register_buffer("minimum", torch.as_tensor(reference.min(axis=0), dtype=torch.float32))
         self.register_buffer("maximum", torch.as_tensor(reference.max(axis=0), dtype=torch.float32))
         self.register_buffer("table", torch.as_tensor(table.reshape(-1), dtype=torch.float32))
         self.register_buffer("offsets", torch.arange(d) * cells)
         self.penalty = float(np.log(n + 1.0))
-        self.cells = cells
 
     def _map(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.asinh((x - self.center) / self.spread)
+        t = torch.addcmul(self.shift_in, x, self.scale_in)
+        return torch.log1p(t.abs()).copysign(t)  # asinh's shape at a quarter of its cost
+
+    def _cell(self, x: torch.Tensor) -> torch.Tensor:
+        position = torch.addcmul(self.cell_shift, self._map(x), self.cell_scale)
+        return position.floor().clamp(0, self.cells - 1).long()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, D]`` raw values -> ``[B, D]`` ``-log`` tail probabilities."""
-        cell = ((self._map(x) - self.low) / self.width).floor().clamp(0, self.cells - 1)
-        tails = self.table.take(cell.long() + self.offsets)
-        outside = (x < self.minimum) | (x > self.maximum)
-        return torch.where(outside, torch.full_like(tails, self.penalty), tails)
+        tails = self.table.take(self._cell(x) + self.offsets)
+        return tails.masked_fill((x < self.minimum) | (x > self.maximum), self.penalty)
 
 
 class DetectorModule(nn.Module):
@@ -266,10 +269,14 @@ class DetectorModule(nn.Module):
     (an alert's top features) in proportion to each feature's reconstruction and tail terms.
     """
 
-    center: torch.Tensor
-    scale: torch.Tensor
+    inverse_scale: torch.Tensor
+    shift: torch.Tensor
     memory: torch.Tensor
+    memory_t: torch.Tensor
     memory_norms: torch.Tensor
+    error_factor: float
+    neighbour_factor: float
+    tail_factor: float
     component_scale: torch.Tensor
     weights: torch.Tensor
     k: int
@@ -289,44 +296,58 @@ class DetectorModule(nn.Module):
         if not 1 <= k <= memory.shape[0]:
             raise ValueError(f"k={k} must be between 1 and the {memory.shape[0]} memory rows")
         self.autoencoders = autoencoders
-        self.register_buffer("center", torch.as_tensor(center, dtype=torch.float32))
-        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
-        self.register_buffer("memory", torch.as_tensor(memory, dtype=torch.float32))
-        self.register_buffer("memory_norms", self.memory.pow(2).sum(dim=1))
+        scale = np.asarray(scale, dtype=np.float32)
+        self.register_buffer("inverse_scale", torch.as_tensor(1.0 / scale))
+        self.register_buffer("shift", torch.as_tensor(-np.asarray(center) / scale))
+        memory_t = torch.as_tensor(memory, dtype=torch.float32)
+        self.register_buffer("memory", memory_t)
+        self.register_buffer("memory_t", memory_t.t().contiguous())
+        self.register_buffer("memory_norms", memory_t.pow(2).sum(dim=1).unsqueeze(0))
         self.tails = TailLookup(reference)
         self.register_buffer(
             "component_scale", torch.as_tensor(component_scale, dtype=torch.float32)
         )
         self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float32))
+        factors = [float(w) / float(c) for w, c in zip(weights, component_scale, strict=True)]
+        self.error_factor = factors[0] / memory.shape[1]  # the reconstruction is a mean
+        self.neighbour_factor = factors[1]
+        self.tail_factor = factors[2]
         self.k = k
+
+    def _parts(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        reconstruction, feature_error, expected = self.autoencoders(x)
+        z = torch.addcmul(self.shift, x, self.inverse_scale)
+        # Squared distances by one matrix product (cdist costs ~5x more at this shape);
+        # |z|^2 is the same for every prototype, so it is added after the minimum.
+        partial = torch.addmm(self.memory_norms, z, self.memory_t, alpha=-2.0)
+        norms = z.pow(2).sum(dim=1)
+        if self.k == 1:
+            nearest = partial.amin(dim=1)
+        else:
+            nearest = partial.topk(self.k, dim=1, largest=False).values.mean(dim=1)
+        neighbours = (nearest + norms).clamp(min=0.0).sqrt()
+        return reconstruction, feature_error, neighbours, self.tails(x), expected
 
     @torch.jit.export
     def components(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``[B, 3]`` raw components (see ``COMPONENTS``), ``[B, 2, D]`` the reconstruction
         and tail components per feature (each sums to its component), expected values.
         """
-        reconstruction, feature_error, expected = self.autoencoders(x)
-        d = x.shape[1]
-        z = (x - self.center) / self.scale
-        # Squared distances by one matrix product (cdist costs ~5x more at this shape).
-        squared = torch.addmm(self.memory_norms.unsqueeze(0), z, self.memory.t(), alpha=-2.0)
-        squared = (squared + z.pow(2).sum(dim=1, keepdim=True)).clamp(min=0.0)
-        if self.k == 1:
-            neighbours = squared.amin(dim=1).sqrt()
-        else:
-            neighbours = squared.topk(self.k, dim=1, largest=False).values.sqrt().mean(dim=1)
-        tails = self.tails(x)
+        reconstruction, feature_error, neighbours, tails, expected = self._parts(x)
         parts = torch.stack([reconstruction, neighbours, tails.sum(dim=1)], dim=1)
-        return parts, torch.stack([feature_error / d, tails], dim=1), expected
+        split = torch.stack([feature_error / feature_error.shape[1], tails], dim=1)
+        return parts, split, expected
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Score, each feature's share of it (they sum to the score), expected values."""
-        parts, split, expected = self.components(x)
-        weights = self.weights / self.component_scale
-        score = (parts * weights).sum(dim=1)
-        # The reconstruction and tail terms are per feature already; the score is split over
-        # the features in proportion to them (the neighbour distance has no per-feature part
-        # worth its cost: finding the nearest prototype's index costs more than the rest).
-        per_feature = split[:, 0] * weights[0] + split[:, 1] * weights[2]
-        shares = per_feature / per_feature.sum(dim=1, keepdim=True).clamp(min=1e-12)
-        return score, shares * score.unsqueeze(1), expected
+        _, feature_error, neighbours, tails, expected = self._parts(x)
+        # Reconstruction and tail terms are per feature already: the score is split over the
+        # features in proportion to them (a per-feature split of the neighbour distance would
+        # need the nearest prototype's index, which costs more than the rest together).
+        per_feature = torch.add(tails * self.tail_factor, feature_error, alpha=self.error_factor)
+        total = per_feature.sum(dim=1)
+        score = torch.add(total, neighbours, alpha=self.neighbour_factor)
+        share = score / total.clamp(min=1e-12)
+        return score, per_feature * share.unsqueeze(1), expected

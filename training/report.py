@@ -40,6 +40,7 @@ def write_report(directory: Path, metadata: BundleMetadata, report: dict[str, An
                 metadata.feature_names, report.get("per_feature_validation_error", []), strict=False
             )
         ),
+        "score": report.get("score", {}),
         "config": report.get("config", {}),
     }
     (directory / REPORT_JSON).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

@@ -107,6 +107,8 @@ def test_fit_report_score_and_evaluate_commands(tmp_path, capsys):
     report = json.loads((model / "report.json").read_text())
     assert report["rows"]["excluded"] == {"labelled_anomaly": 100}
     assert report["compression_ratio"] == 2.0 and report["history"]
+    assert report["score"]["method"] == "combined"
+    assert set(report["score"]["component_scale"]) == {"reconstruction", "neighbours", "tails"}
     assert (model / "report.png").stat().st_size > 10_000
 
     assert (
