@@ -28,6 +28,7 @@ from training.model import (
     DetectorModule,
     EnsembleModule,
     ScoringModule,
+    TailLookup,
     default_widths,
     minmax_scaling,
     robust_scaling,
@@ -285,22 +286,23 @@ def _detector(
     scale = np.where(spread > MIN_SCALE, spread, constant).astype(np.float32)
     standardised = ((sample - center) / scale).astype(np.float32)
     weights = np.array([COMPONENT_WEIGHTS[c] for c in COMPONENTS], dtype=np.float32)
-    ones = np.ones(len(COMPONENTS), dtype=np.float32)
+    lookup = TailLookup(sample)
 
     def build(memory: np.ndarray, component_scale: np.ndarray) -> DetectorModule:
         k = min(config.neighbours, len(memory))
         return DetectorModule(
-            autoencoders, center, scale, memory, sample, k, component_scale, weights
+            autoencoders, center, scale, memory, lookup, k, component_scale, weights
         ).eval()
 
     with torch.no_grad():
-        tails = build(standardised, ones).components(torch.as_tensor(sample))[0][:, 2].numpy()
+        tails = lookup(torch.as_tensor(sample)).sum(dim=1).numpy()
     keep = tails <= np.quantile(tails, 1.0 - config.memory_trim)
     if keep.sum() < config.neighbours:
         keep = np.ones(len(sample), dtype=bool)
     memory = kmeans(standardised[keep], config.prototypes, rng)
     with torch.no_grad():
-        parts = build(memory, ones).components(torch.as_tensor(X_val))[0].numpy()
+        unscaled = build(memory, np.ones(len(COMPONENTS), dtype=np.float32))
+        parts = unscaled.components(torch.as_tensor(X_val))[0].numpy()
     component_scale = np.maximum(
         np.quantile(parts.astype(np.float64), COMPONENT_QUANTILE, axis=0), ERROR_FLOOR
     ).astype(np.float32)

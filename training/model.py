@@ -259,26 +259,23 @@ class DetectorModule(nn.Module):
       prototypes of normal training rows in standardised units -- what an autoencoder misses
       when it reconstructs a row that lies off the data along a direction it learned;
     - ``tails``: sum over features of ``-log`` of the two-sided empirical tail probability
-      of the value among the training rows (``reference``, kept as a :class:`TailLookup`
-      table) -- a value further out than anything in training scores
-      ``log(n + 1)`` on that feature.
+      of the value among the training rows (``tails``, a :class:`TailLookup`) -- a value
+      further out than anything in training scores ``log(n + 1)`` on that feature.
 
     Each component is divided by its 99th percentile on held-out normal rows
     (``component_scale``), so 1.0 means "as unusual as the 1% most unusual normal rows",
-    and the score is their weighted sum. ``feature_error`` splits the score over the features
-    (an alert's top features) in proportion to each feature's reconstruction and tail terms.
+    and the score is their weighted sum (``weights``), folded into one factor each.
+    ``feature_error`` splits the score over the features (an alert's top features) in
+    proportion to each feature's reconstruction and tail terms.
     """
 
     inverse_scale: torch.Tensor
     shift: torch.Tensor
     memory: torch.Tensor
-    memory_t: torch.Tensor
     memory_norms: torch.Tensor
     error_factor: float
     neighbour_factor: float
     tail_factor: float
-    component_scale: torch.Tensor
-    weights: torch.Tensor
     k: int
 
     def __init__(
@@ -287,7 +284,7 @@ class DetectorModule(nn.Module):
         center: np.ndarray,
         scale: np.ndarray,
         memory: np.ndarray,
-        reference: np.ndarray,
+        tails: TailLookup,
         k: int,
         component_scale: np.ndarray,
         weights: np.ndarray,
@@ -299,15 +296,9 @@ class DetectorModule(nn.Module):
         scale = np.asarray(scale, dtype=np.float32)
         self.register_buffer("inverse_scale", torch.as_tensor(1.0 / scale))
         self.register_buffer("shift", torch.as_tensor(-np.asarray(center) / scale))
-        memory_t = torch.as_tensor(memory, dtype=torch.float32)
-        self.register_buffer("memory", memory_t)
-        self.register_buffer("memory_t", memory_t.t().contiguous())
-        self.register_buffer("memory_norms", memory_t.pow(2).sum(dim=1).unsqueeze(0))
-        self.tails = TailLookup(reference)
-        self.register_buffer(
-            "component_scale", torch.as_tensor(component_scale, dtype=torch.float32)
-        )
-        self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float32))
+        self.register_buffer("memory", torch.as_tensor(memory, dtype=torch.float32))
+        self.register_buffer("memory_norms", self.memory.pow(2).sum(dim=1).unsqueeze(0))
+        self.tails = tails
         factors = [float(w) / float(c) for w, c in zip(weights, component_scale, strict=True)]
         self.error_factor = factors[0] / memory.shape[1]  # the reconstruction is a mean
         self.neighbour_factor = factors[1]
@@ -321,7 +312,7 @@ class DetectorModule(nn.Module):
         z = torch.addcmul(self.shift, x, self.inverse_scale)
         # Squared distances by one matrix product (cdist costs ~5x more at this shape);
         # |z|^2 is the same for every prototype, so it is added after the minimum.
-        partial = torch.addmm(self.memory_norms, z, self.memory_t, alpha=-2.0)
+        partial = torch.addmm(self.memory_norms, z, self.memory.t(), alpha=-2.0)
         norms = z.pow(2).sum(dim=1)
         if self.k == 1:
             nearest = partial.amin(dim=1)
