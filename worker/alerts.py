@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,6 +54,15 @@ def event_time(record: Record, message: SourceMessage) -> float:
     return parse_timestamp(record.ts) if record.ts is not None else message.timestamp / 1000.0
 
 
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN or Infinity (RFC 8259): a non-finite number is written as ``null``.
+
+    >>> finite_or_none(1.5), finite_or_none(float("nan")), finite_or_none(float("inf"))
+    (1.5, None, None)
+    """
+    return value if math.isfinite(value) else None
+
+
 def build_alerts(
     context: AlertContext,
     records: Sequence[Record],
@@ -74,16 +84,16 @@ def build_alerts(
             "id": rid,
             "entity": record.entity,
             "ts": ts,
-            "score": score,
+            "score": finite_or_none(score),
             "threshold": context.threshold,
-            "score_ratio": score / context.threshold,
+            "score_ratio": finite_or_none(score / context.threshold),
             "model_version": context.model_version,
             "top_features": [
                 {
                     "name": context.feature_names[j],
                     "value": float(features[i, j]),
-                    "expected": float(expected[i, j]),
-                    "error": float(errors[i, j]),
+                    "expected": finite_or_none(float(expected[i, j])),
+                    "error": finite_or_none(float(errors[i, j])),
                 }
                 for j in top[i]
             ],
@@ -95,5 +105,7 @@ def build_alerts(
             "detected_at": context.detected_at,
         }
         key = record.entity if record.entity is not None else rid
-        alerts.append(Alert(key.encode("utf-8"), json.dumps(body).encode("utf-8"), ts))
+        alerts.append(
+            Alert(key.encode("utf-8"), json.dumps(body, allow_nan=False).encode("utf-8"), ts)
+        )
     return alerts

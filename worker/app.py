@@ -12,10 +12,19 @@ import logging
 import threading
 from contextlib import ExitStack
 
+from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
+from worker.exceptions import WorkerError
 from worker.health import HealthServer, HealthState
-from worker.kafka_io import connect_with_backoff, make_consumer, make_producer
+from worker.kafka_io import (
+    RebalanceListener,
+    connect_with_backoff,
+    group_link_age,
+    make_consumer,
+    make_producer,
+    require_topics,
+)
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Pipeline, PipelineConfig
 from worker.registry import resolve_bundle
@@ -40,6 +49,9 @@ def pipeline_config(settings: WorkerSettings) -> PipelineConfig:
         commit_interval_seconds=settings.commit_interval_seconds,
         top_features=settings.top_features,
         flush_timeout_seconds=settings.shutdown_timeout_seconds,
+        on_undecodable_batch=settings.on_undecodable_batch,
+        backoff_max_seconds=settings.connect_backoff_max_seconds,
+        link_stale_seconds=settings.session_timeout_seconds,
     )
 
 
@@ -96,18 +108,22 @@ def run_worker(
 
         health.set_ready(False, "connecting to Kafka")
         backoff = settings.connect_backoff_max_seconds
-        consumer = connect_with_backoff(
-            lambda: make_consumer(settings), stop, "consumer", backoff, health.beat
-        )
-        if consumer is None:
-            return
-        stack.callback(consumer.close, autocommit=False)
+        # Closing order (the stack unwinds last-in first-out): the consumer closes
+        # before the producer, so its close-time rebalance listener never meets a
+        # closed producer.
         producer = connect_with_backoff(
             lambda: make_producer(settings), stop, "producer", backoff, health.beat
         )
         if producer is None:
             return
         stack.callback(producer.close, timeout=settings.shutdown_timeout_seconds)
+        require_topics(producer, [settings.alert_topic, settings.dlq_topic])
+        consumer = connect_with_backoff(
+            lambda: make_consumer(settings), stop, "consumer", backoff, health.beat
+        )
+        if consumer is None:
+            return
+        stack.callback(consumer.close, autocommit=False)
         logger.info(
             "connected to %s; consuming %s as group %s",
             settings.bootstrap_servers,
@@ -137,9 +153,26 @@ def run_worker(
             metrics,
             health,
             watcher=watcher,
+            link_age=lambda: group_link_age(consumer),
         )
-        pipeline.subscribe()
+        commit_timeout_ms = int(settings.shutdown_timeout_seconds * 1000)
+        pipeline.subscribe(RebalanceListener(pipeline, consumer, commit_timeout_ms))
         tune_garbage_collector()
-        pipeline.run(stop, max_seconds=max_seconds)
+        try:
+            pipeline.run(stop, max_seconds=max_seconds)
+        except Exception as exc:
+            # Say what went wrong before the clients close (their close logs come after).
+            health.set_ready(False, "stopping on an error")
+            log_fatal(exc)
+            raise
         health.set_ready(False, "stopping")
         logger.info("drained and committed; closing")
+
+
+def log_fatal(exc: BaseException) -> None:
+    """One line for the known fatal errors; a traceback for anything unexpected."""
+    if isinstance(exc, WorkerError | KafkaError):
+        logger.error("stopping: %s: %s", type(exc).__name__, exc)
+    else:
+        logger.exception("stopping on an unexpected error; uncommitted records will be read again")
+    exc.logged = True  # type: ignore[attr-defined]

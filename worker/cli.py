@@ -13,13 +13,16 @@ from types import FrameType
 from pydantic import ValidationError
 
 from worker.app import run_worker
-from worker.exceptions import BundleError, DeliveryError
+from worker.exceptions import BundleError, OutputTopicError, UndecodableBatchError
 from worker.logs import configure_logging
 from worker.settings import WorkerSettings, describe_validation_error, settings_table
 
 logger = logging.getLogger("worker")
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+#: Exit codes: 0 stopped cleanly; 1 a runtime fault (uncommitted records are read again after a
+#: restart); 2 bad settings, model or output topics (fix, then restart); 3 a record batch the
+#: Kafka client cannot decode, with ANOMALY_ON_UNDECODABLE_BATCH=fail (the log names it).
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_UNDECODABLE = 0, 1, 2, 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,17 +62,20 @@ def main(argv: list[str] | None = None) -> int:
     _install_signal_handlers(stop, settings.shutdown_timeout_seconds)
     try:
         run_worker(settings, stop)
-    except BundleError as exc:
+    except (BundleError, OutputTopicError) as exc:
         print(f"anomaly-worker: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except DeliveryError as exc:
-        logger.error("stopping: %s", exc)
-        return EXIT_FAILED
+    except UndecodableBatchError:
+        return EXIT_UNDECODABLE  # logged by run_worker, with the partition and offset
     except OSError as exc:  # e.g. the metrics port is taken
-        print(f"anomaly-worker: {exc}", file=sys.stderr)
+        if not getattr(exc, "logged", False):
+            print(f"anomaly-worker: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except Exception:
-        logger.exception("stopping on an unexpected error; uncommitted records will be read again")
+    except Exception as exc:
+        if not getattr(exc, "logged", False):
+            logger.exception(
+                "stopping on an unexpected error; uncommitted records will be read again"
+            )
         return EXIT_FAILED
     return EXIT_OK
 

@@ -11,3 +11,18 @@ class BundleError(WorkerError):
 
 class DeliveryError(WorkerError):
     """The broker did not acknowledge an alert or dead letter; offsets must not be committed."""
+
+
+class OutputTopicError(WorkerError):
+    """The alert or dead-letter topic is missing or not writable."""
+
+
+class UndecodableBatchError(WorkerError):
+    """The Kafka client cannot decode a record batch (corrupt, checksum mismatch, unknown codec)."""
+
+    def __init__(self, topic: str, partition: int, offset: int, reason: str) -> None:
+        super().__init__(
+            f"cannot decode the record batch at {topic}[{partition}]@{offset}: {reason} "
+            "(ANOMALY_ON_UNDECODABLE_BATCH=skip dead-letters its offsets and goes on)"
+        )
+        self.topic, self.partition, self.offset, self.reason = topic, partition, offset, reason

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
+from worker.exceptions import OutputTopicError
+from worker.pipeline import Pipeline, kafka_offsets
 from worker.settings import WorkerSettings
 
-__all__ = ["client_config", "connect_with_backoff", "consumer_config", "producer_config"]
+__all__ = [
+    "RebalanceListener",
+    "client_config",
+    "connect_with_backoff",
+    "consumer_config",
+    "group_link_age",
+    "producer_config",
+    "require_topics",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +54,18 @@ def client_config(settings: WorkerSettings) -> dict[str, Any]:
     return config
 
 
+#: How long a produce call may wait for room in the buffer or for topic metadata.
+MAX_BLOCK_MS = 10_000
+
+
 def consumer_config(settings: WorkerSettings) -> dict[str, Any]:
     return {
         **client_config(settings),
         "group_id": settings.group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": settings.auto_offset_reset,
+        "isolation_level": settings.isolation_level,
+        "check_crcs": True,
         "session_timeout_ms": int(settings.session_timeout_seconds * 1000),
         "heartbeat_interval_ms": int(settings.heartbeat_interval_seconds * 1000),
         "fetch_max_wait_ms": int(settings.fetch_max_wait_seconds * 1000),
@@ -58,11 +75,18 @@ def consumer_config(settings: WorkerSettings) -> dict[str, Any]:
 
 
 def producer_config(settings: WorkerSettings) -> dict[str, Any]:
+    """Idempotent, acks=all: the producer's own retries never duplicate an output."""
+    compression = settings.output_compression
     return {
         **client_config(settings),
         "acks": "all",
+        "enable_idempotence": True,
         "linger_ms": 5,
         "batch_size": 256 * 1024,
+        "compression_type": None if compression == "none" else compression,
+        "max_request_size": settings.max_request_bytes,
+        "delivery_timeout_ms": int(settings.delivery_timeout_seconds * 1000),
+        "max_block_ms": MAX_BLOCK_MS,
     }
 
 
@@ -94,9 +118,71 @@ def connect_with_backoff(
     return None
 
 
+def require_topics(producer: KafkaProducer, topics: list[str]) -> None:
+    """Fail with one line when an output topic is missing (and not auto-created) or not writable."""
+    for topic in topics:
+        try:
+            partitions = producer.partitions_for(topic)
+        except KafkaError as exc:
+            raise OutputTopicError(
+                f"output topic {topic!r} is missing or not writable "
+                f"({type(exc).__name__}: {exc}); create it or grant Write on it"
+            ) from exc
+        if not partitions:
+            raise OutputTopicError(f"output topic {topic!r} has no partitions; create it")
+
+
 def make_consumer(settings: WorkerSettings) -> KafkaConsumer:
     return KafkaConsumer(**consumer_config(settings))
 
 
 def make_producer(settings: WorkerSettings) -> KafkaProducer:
     return KafkaProducer(**producer_config(settings))
+
+
+class RebalanceListener(AsyncConsumerRebalanceListener):
+    """Commit what was processed before partitions move, without blocking the client's IO thread.
+
+    kafka-python 3 runs rebalance listeners on its IO thread (during ``poll``
+    and ``close``), where a blocking ``consumer.commit`` raises "Cannot block on
+    net.run() from the IO thread itself". The async listener awaits the
+    coordinator's commit coroutine instead, so heartbeats keep flowing. (That
+    coroutine is the one ``KafkaConsumer.commit`` runs; kafka-python has no
+    public awaitable commit.)
+    """
+
+    def __init__(self, pipeline: Pipeline, consumer: KafkaConsumer, timeout_ms: int) -> None:
+        self.pipeline, self.consumer, self.timeout_ms = pipeline, consumer, timeout_ms
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        offsets = self.pipeline.prepare_revoke()
+        if offsets:
+            coordinator = self.consumer._coordinator
+            try:
+                await coordinator._commit_offsets_sync_async(
+                    kafka_offsets(offsets), timeout_ms=self.timeout_ms
+                )
+            except Exception as exc:  # the new owner re-reads from the last commit
+                logger.warning("commit before the rebalance failed (outputs may repeat): %r", exc)
+            else:
+                self.pipeline.committed(offsets)
+        self.pipeline.revoked({(tp.topic, tp.partition) for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.pipeline.on_assigned({(tp.topic, tp.partition) for tp in assigned})
+
+    async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        self.pipeline.lost({(tp.topic, tp.partition) for tp in lost})
+
+
+def group_link_age(consumer: KafkaConsumer) -> float | None:
+    """Seconds since the group coordinator last answered a heartbeat (None if unknown).
+
+    Reads kafka-python's heartbeat bookkeeping: the client exposes no public
+    "connected" signal, and a poll during a network cut may simply come back empty.
+    """
+    heartbeat = getattr(getattr(consumer, "_coordinator", None), "heartbeat", None)
+    if heartbeat is None:
+        return None
+    last = max(heartbeat.last_receive, heartbeat.last_reset)
+    return time.monotonic() - last

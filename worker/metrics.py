@@ -67,6 +67,12 @@ class WorkerMetrics:
             ["reason"],
             registry=r,
         )
+        self.records_skipped = Counter(
+            "anomaly_records_skipped",
+            "Offsets skipped because the Kafka client could not decode their batch, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.records_scored = Counter(
             "anomaly_records_scored", "Records scored by the model.", registry=r
         )

@@ -10,7 +10,15 @@ partitions revoked, shutdown):
 3. only then are the processed offsets committed.
 
 A failed delivery raises :class:`~worker.exceptions.DeliveryError` before
-anything is committed, so a restart re-reads those records.
+anything is committed, so a restart re-reads those records. After any fatal
+error the pipeline is *abandoned*: nothing more is processed or committed, not
+even by the rebalance listener that closing the consumer runs.
+
+Faults that are not the records' fault are ridden out: a broker or network
+outage while polling or committing is logged once per outage, makes ``/readyz``
+answer 503, and is retried with capped backoff; the commit waits for the next
+commit point. A record batch the client cannot decode stops the worker
+(``fail``, exit 3) or is skipped with a headers-only dead letter (``skip``).
 """
 
 from __future__ import annotations
@@ -23,14 +31,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from kafka import ConsumerRebalanceListener, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
+from kafka import TopicPartition
+from kafka.errors import (
+    CommitFailedError,
+    CorruptRecordError,
+    KafkaError,
+    UnsupportedCodecError,
+)
 from kafka.structs import OffsetAndMetadata
 
 from worker.alerts import AlertContext, build_alerts
 from worker.batching import BatchWindow
-from worker.deadletters import build_dead_letter
-from worker.exceptions import DeliveryError
+from worker.deadletters import DeadLetter, build_dead_letter, build_skipped_letter
+from worker.exceptions import DeliveryError, UndecodableBatchError
 from worker.health import HealthState
 from worker.messages import SourceMessage
 from worker.metrics import WorkerMetrics
@@ -45,6 +58,14 @@ __all__ = ["Pipeline", "PipelineConfig"]
 logger = logging.getLogger(__name__)
 
 POLL_SLICE_SECONDS = 0.1  # longest single poll, so a stop request is seen quickly
+#: Errors the Kafka client raises for a record batch it cannot decode.
+UNDECODABLE = (CorruptRecordError, UnsupportedCodecError)
+#: How long a commit may block before it is left for the next commit point.
+COMMIT_TIMEOUT_MS = 10_000
+#: Longest wait for the producer at an interval commit; what is not flushed waits for the next.
+FLUSH_SLICE_SECONDS = 5.0
+#: Longest skip when stepping past an undecodable batch, in offsets.
+MAX_SKIP_OFFSETS = 100_000
 
 
 @dataclass(frozen=True)
@@ -58,10 +79,19 @@ class PipelineConfig:
     commit_interval_seconds: float
     top_features: int
     flush_timeout_seconds: float
+    on_undecodable_batch: str = "fail"
+    backoff_max_seconds: float = 10.0
+    #: The coordinator must have answered a heartbeat within this long for /readyz to say 200.
+    link_stale_seconds: float = 5.0
 
 
 def where(message: SourceMessage) -> str:
     return f"{message.topic}[{message.partition}]@{message.offset}"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A broker or network fault the client recovers from by itself, given time."""
+    return isinstance(exc, CommitFailedError) or bool(getattr(exc, "retriable", False))
 
 
 class Pipeline:
@@ -78,6 +108,7 @@ class Pipeline:
         health: HealthState,
         clock: Callable[[], float] = time.monotonic,
         watcher: ModelWatcher | None = None,
+        link_age: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.config = config
         self.consumer, self.producer = consumer, producer
@@ -86,6 +117,7 @@ class Pipeline:
         self.metrics, self.health = metrics, health
         self.watcher = watcher
         self._clock = clock
+        self._link_age = link_age
         self._window = BatchWindow(config.batch_max_records, config.batch_max_wait_seconds, clock)
         self._pending: list[SourceMessage] = []
         self._pending_last: dict[Partition, int] = {}
@@ -94,26 +126,69 @@ class Pipeline:
         self._lag_labelled: set[Partition] = set()
         self._failures: list[BaseException] = []
         self._failures_lock = threading.Lock()
-        self._broken = False  # a delivery failed: never commit again in this process
+        self._broken = False  # a fatal error happened: never process or commit again
+        self._listener_error: BaseException | None = None
         self._last_commit = clock()
+        self._trouble: str | None = None  # what is wrong with the broker link, while it lasts
+        self._trouble_since = 0.0
+        self._backoff = 0.0
+        self._max_output_bytes = config.max_record_bytes
 
     # --- the loop -------------------------------------------------------------------
-    def subscribe(self) -> None:
-        self.consumer.subscribe([self.config.input_topic], listener=_Listener(self))
+    def subscribe(self, listener: Any) -> None:
+        """Subscribe with ``listener``, a client-specific adapter of :meth:`revoke` and co."""
+        self.consumer.subscribe([self.config.input_topic], listener=listener)
 
     def run(self, stop: threading.Event, max_seconds: float | None = None) -> None:
         """Process until ``stop`` is set (or ``max_seconds`` pass), then drain and commit."""
-        deadline = None if max_seconds is None else self._clock() + max_seconds
-        while not stop.is_set() and (deadline is None or self._clock() < deadline):
-            caught_up = self._collect(stop)
+        try:
+            deadline = None if max_seconds is None else self._clock() + max_seconds
+            while not stop.is_set() and (deadline is None or self._clock() < deadline):
+                caught_up = self._collect(stop)
+                self._process_pending()
+                due = self._clock() - self._last_commit >= self.config.commit_interval_seconds
+                if due or caught_up:
+                    self.commit()
+                self._update_lag()
+                self._update_readiness()
+                self.health.beat()
+                if self._trouble is not None:
+                    stop.wait(self._backoff)
             self._process_pending()
-            due = self._clock() - self._last_commit >= self.config.commit_interval_seconds
-            if due or caught_up:
-                self.commit()
-            self._update_lag()
-            self.health.beat()
-        self._process_pending()
-        self.commit()
+            self.commit(final=True)
+        except BaseException:
+            self.abandon()
+            raise
+
+    def abandon(self) -> None:
+        """After a fatal error: drop the batch in hand, never commit again (not even on close)."""
+        self._broken = True
+        self._pending, self._pending_last = [], {}
+
+    def _poll(self, timeout_ms: int, max_records: int) -> dict[Any, list[SourceMessage]]:
+        try:
+            polled: dict[Any, list[SourceMessage]] = self.consumer.poll(
+                timeout_ms=timeout_ms, max_records=max_records
+            )
+        except UNDECODABLE as exc:
+            self._raise_listener_error()
+            self._undecodable(exc)
+            return {}
+        except KafkaError as exc:
+            self._raise_listener_error()
+            if not is_transient(exc):
+                raise
+            self._link_trouble(f"poll: {type(exc).__name__}: {exc}")
+            return {}
+        self._raise_listener_error()
+        if polled:
+            self._link_ok()
+        return polled
+
+    def _raise_listener_error(self) -> None:
+        if self._listener_error is not None:
+            error, self._listener_error = self._listener_error, None
+            raise error
 
     def _collect(self, stop: threading.Event) -> bool:
         """Fill the micro-batch until it is full, its wait is over, or nothing more is buffered.
@@ -128,7 +203,7 @@ class Pipeline:
         window = self._window
         while not stop.is_set():
             wait = 0.0 if window.count else min(window.remaining_seconds(), POLL_SLICE_SECONDS)
-            polled = self.consumer.poll(timeout_ms=int(wait * 1000), max_records=window.room)
+            polled = self._poll(int(wait * 1000), window.room)
             for tp, messages in polled.items():
                 self._pending.extend(messages)
                 self._pending_last[(tp.topic, tp.partition)] = messages[-1].offset
@@ -140,6 +215,8 @@ class Pipeline:
         return False
 
     def _process_pending(self) -> None:
+        if self._broken:
+            return
         if self.watcher is not None:
             self._maybe_swap_model()
         if not self._pending:
@@ -167,6 +244,99 @@ class Pipeline:
         )
         self.metrics.model_reloads.labels(result="loaded").inc()
         logger.info("now serving model %s (was %s)", scorer.metadata.version, previous)
+
+    # --- the broker link ------------------------------------------------------------------
+    def _link_trouble(self, what: str) -> None:
+        """A transient broker/network fault: say so once, stop being ready, back off."""
+        now = self._clock()
+        if self._trouble is None:
+            self._trouble_since = now
+            logger.warning("broker unreachable (%s); retrying with backoff", what)
+        self._trouble = what
+        self._backoff = min(max(self._backoff * 2, 0.1), self.config.backoff_max_seconds)
+        self.health.set_ready(False, f"broker unreachable: {what}")
+
+    def _link_ok(self) -> None:
+        if self._trouble is not None:
+            logger.info("broker reachable again after %.1fs", self._clock() - self._trouble_since)
+        self._trouble = None
+        self._backoff = 0.0
+
+    def _update_readiness(self) -> None:
+        age = self._link_age() if self._assigned else None
+        if age is not None and age > self.config.link_stale_seconds:
+            self._link_trouble(f"no heartbeat answer from the group coordinator for {age:.0f}s")
+        elif self._trouble is not None and age is not None:
+            self._link_ok()
+        if self._trouble is None and self._assigned:
+            self.health.set_ready(True, "ok")
+
+    # --- undecodable batches --------------------------------------------------------------
+    def _undecodable(self, exc: BaseException) -> None:
+        """The client cannot decode a batch: stop naming it, or step past it and dead-letter it."""
+        reason = f"{type(exc).__name__}: {exc}"
+        located = self._locate_undecodable()
+        topic, partition, offset = located if located else (self.config.input_topic, -1, -1)
+        if self.config.on_undecodable_batch != "skip" or located is None:
+            raise UndecodableBatchError(topic, partition, offset, reason) from exc
+        tp = TopicPartition(topic, partition)
+        self._process_pending()
+        skipped = offset + 1  # the first offset not known to be undecodable
+        while skipped - offset < MAX_SKIP_OFFSETS and self._undecodable_at(tp, skipped):
+            skipped += 1
+        letter = build_skipped_letter(topic, partition, offset, skipped - 1, "undecodable", reason)
+        self._send(self.config.dlq_topic, letter, f"{topic}[{partition}]@{offset}")
+        self.metrics.records_skipped.labels(reason="undecodable").inc(skipped - offset)
+        # The skipped range counts as processed: its outcome is the dead letter above.
+        self._offsets.mark((topic, partition), skipped - 1)
+        logger.error(
+            "skipped %s[%d]@%d..%d: the Kafka client cannot decode the batch (%s)",
+            topic,
+            partition,
+            offset,
+            skipped - 1,
+            reason,
+        )
+
+    def _undecodable_at(self, tp: Any, offset: int) -> bool:
+        """Whether reading ``tp`` from ``offset`` still fails to decode (records read are kept)."""
+        high = self.consumer.highwater(tp)
+        if high is not None and offset >= high:
+            return False
+        self.consumer.seek(tp, offset)
+        deadline = self._clock() + 10.0
+        while self._clock() < deadline:
+            try:
+                if self._poll_alone(tp):
+                    return False
+            except UNDECODABLE:
+                return True
+        return False
+
+    def _poll_alone(self, tp: Any) -> bool:
+        """Poll ``tp`` with every other partition paused; keep what it returns. True if any."""
+        others = [p for p in self.consumer.assignment() if p != tp]
+        self.consumer.pause(*others)
+        try:
+            polled = self.consumer.poll(timeout_ms=500, max_records=self._window.room or 1)
+        finally:
+            self.consumer.resume(*others)
+        for part, messages in polled.items():
+            self._pending.extend(messages)
+            self._pending_last[(part.topic, part.partition)] = messages[-1].offset
+            self._window.add(len(messages))
+        return bool(polled.get(tp))
+
+    def _locate_undecodable(self) -> tuple[str, int, int] | None:
+        """Which assigned partition is stuck, and at which offset (polling each alone)."""
+        for tp in sorted(self.consumer.assignment()):
+            for _ in range(20):  # a bounded number of fetches per partition
+                try:
+                    if not self._poll_alone(tp):
+                        break
+                except UNDECODABLE:
+                    return tp.topic, tp.partition, int(self.consumer.position(tp))
+        return None
 
     # --- one batch --------------------------------------------------------------------
     def process(self, messages: Sequence[SourceMessage]) -> None:
@@ -219,72 +389,126 @@ class Pipeline:
             errors,
             expected,
         )
+        sent = 0
         for alert, source in zip(alerts, sources, strict=True):
+            if len(alert.key) + len(alert.value) > self._max_output_bytes:
+                # A huge id or entity: the alert cannot be produced, its record is dead-lettered.
+                size = len(alert.key) + len(alert.value)
+                self._dead_letter(source, "alert_too_large", f"the alert would be {size} bytes")
+                continue
             future = self.producer.send(self.config.alert_topic, key=alert.key, value=alert.value)
             future.add_callback(self._alert_acked, alert.event_ts)
-            future.add_errback(self._delivery_failed, source)
+            future.add_errback(self._delivery_failed, where(source))
+            sent += 1
             logger.debug("alert for %s", where(source))
-        self.metrics.alerts.inc(len(alerts))
+        self.metrics.alerts.inc(sent)
 
     def _dead_letter(self, message: SourceMessage, reason: str, detail: str) -> None:
-        letter = build_dead_letter(message, reason, detail)
-        future = self.producer.send(
-            self.config.dlq_topic, key=letter.key, value=letter.value, headers=letter.headers
-        )
-        future.add_errback(self._delivery_failed, message)
+        letter = build_dead_letter(message, reason, detail, self._max_output_bytes)
+        self._send(self.config.dlq_topic, letter, where(message))
         self.metrics.records_invalid.labels(reason=reason).inc()
         logger.warning("dead letter %s: %s (%s)", where(message), reason, detail)
+
+    def _send(self, topic: str, letter: DeadLetter, source: str) -> None:
+        future = self.producer.send(
+            topic, key=letter.key, value=letter.value, headers=letter.headers
+        )
+        future.add_errback(self._delivery_failed, source)
 
     def _alert_acked(self, event_ts: float, _metadata: object) -> None:
         self.metrics.end_to_end_latency.observe(max(time.time() - event_ts, 0.0))
 
-    def _delivery_failed(self, message: SourceMessage, exc: BaseException) -> None:
+    def _delivery_failed(self, source: str, exc: BaseException) -> None:
         with self._failures_lock:
             self._failures.append(exc)
-        logger.error("delivery failed for the output of %s: %r", where(message), exc)
+        logger.error("delivery failed for the output of %s: %r", source, exc)
 
     # --- commits and rebalances ---------------------------------------------------------
-    def commit(self, partitions: Sequence[Partition] | None = None) -> None:
-        """Flush the producer, then commit what it acknowledged (see the module docstring)."""
+    def commit(self, partitions: Sequence[Partition] | None = None, final: bool = False) -> None:
+        """Flush the producer, then commit what it acknowledged (see the module docstring).
+
+        A broker that does not answer in time leaves the offsets for the next
+        commit point (``final``: the shutdown commit raises instead, so the exit
+        code says the last commit did not happen).
+        """
         self._last_commit = self._clock()
-        if self._broken:
-            return
-        offsets = self._offsets.to_commit(partitions)
+        offsets = self.acknowledged(partitions, final)
         if not offsets:
             return
         try:
-            self.producer.flush(timeout=self.config.flush_timeout_seconds)
+            self.consumer.commit(kafka_offsets(offsets), timeout_ms=COMMIT_TIMEOUT_MS)
         except KafkaError as exc:
-            self._broken = True
-            raise DeliveryError(f"producer flush did not complete: {exc!r}") from exc
+            if final or not is_transient(exc):
+                raise
+            if isinstance(exc, CommitFailedError):
+                # The group moved on without us; the new owner re-reads from the last commit.
+                logger.warning("commit refused by the group (outputs may repeat): %s", exc)
+            else:
+                self._link_trouble(f"commit: {type(exc).__name__}: {exc}")
+            return
+        self.committed(offsets)
+
+    def acknowledged(
+        self, partitions: Sequence[Partition] | None = None, final: bool = False
+    ) -> dict[Partition, int]:
+        """Flush the producer; the offsets it is now safe to commit (steps 1-2 of the protocol).
+
+        An output the broker refused raises DeliveryError (and abandons the
+        pipeline). A flush that does not finish in time (the broker is away; the
+        producer keeps retrying for ``ANOMALY_DELIVERY_TIMEOUT_SECONDS``) only
+        postpones the commit, except at shutdown (``final``).
+        """
+        if self._broken:
+            return {}
+        offsets = self._offsets.to_commit(partitions)
+        if not offsets:
+            return {}
+        timeout = self.config.flush_timeout_seconds
+        try:
+            self.producer.flush(timeout=timeout if final else min(timeout, FLUSH_SLICE_SECONDS))
+        except KafkaError as exc:
+            if not final and is_transient(exc):
+                self._link_trouble(f"flush: {type(exc).__name__}: {exc}")
+                return {}
+            self.abandon()
+            raise DeliveryError(
+                f"the producer did not deliver the outputs within {timeout:.0f}s ({exc!r}); "
+                "offsets not committed"
+            ) from exc
         with self._failures_lock:
             failures = list(self._failures)
         if failures:
-            self._broken = True
+            self.abandon()
             raise DeliveryError(
                 f"{len(failures)} output(s) were not acknowledged (first: {failures[0]!r}); "
                 "offsets not committed"
             )
-        try:
-            self.consumer.commit(
-                {
-                    TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
-                    for (t, p), o in offsets.items()
-                }
-            )
-        except CommitFailedError as exc:
-            # The group moved on without us; the new owner re-reads from the last commit.
-            logger.warning("commit refused by the group (outputs may repeat): %s", exc)
-            return
+        return offsets
+
+    def committed(self, offsets: dict[Partition, int]) -> None:
         self._offsets.committed(offsets)
         self.metrics.commits.inc()
         logger.debug("committed %s", offsets)
 
-    def on_revoked(self, revoked: set[Partition]) -> None:
-        """Finish the batch in hand, flush and commit before the partitions move."""
-        if not self._broken:
+    def prepare_revoke(self) -> dict[Partition, int]:
+        """Before partitions move: finish the batch in hand, flush; what to commit.
+
+        Runs on the Kafka client's IO thread (the main thread is blocked in poll
+        or close meanwhile); must not call blocking consumer methods. A failure
+        is kept and raised from the main loop after the poll returns.
+        """
+        if self._broken:
+            return {}
+        try:
             self._process_pending()
-            self.commit()
+            return self.acknowledged()
+        except Exception as exc:
+            self.abandon()
+            self._listener_error = exc
+            return {}
+
+    def revoked(self, revoked: set[Partition]) -> None:
+        """Partitions are gone (committed or not): forget them."""
         self._offsets.forget(revoked)
         self._assigned -= revoked
         for partition in revoked & self._lag_labelled:
@@ -293,9 +517,24 @@ class Pipeline:
         if revoked:
             logger.info("partitions revoked: %s", sorted(revoked))
 
+    def lost(self, lost: set[Partition]) -> None:
+        """The group evicted us (e.g. a network cut longer than the session): drop, no commit."""
+        self._pending = [m for m in self._pending if (m.topic, m.partition) not in lost]
+        for partition in lost:
+            self._pending_last.pop(partition, None)
+        self._window.reset()
+        self._window.add(len(self._pending))
+        self.revoked(lost)
+        if lost:
+            logger.warning(
+                "partitions lost (evicted from the group; their new owner re-reads them): %s",
+                sorted(lost),
+            )
+
     def on_assigned(self, assigned: set[Partition]) -> None:
         self._assigned |= assigned
-        self.health.set_ready(True, "ok")
+        if self._trouble is None:
+            self.health.set_ready(True, "ok")
         logger.info("partitions assigned: %s", sorted(assigned))
 
     def _update_lag(self) -> None:
@@ -309,12 +548,5 @@ class Pipeline:
                 self._lag_labelled.add((topic, partition))
 
 
-class _Listener(ConsumerRebalanceListener):
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
-
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self.pipeline.on_revoked({(tp.topic, tp.partition) for tp in revoked})
-
-    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.pipeline.on_assigned({(tp.topic, tp.partition) for tp in assigned})
+def kafka_offsets(offsets: dict[Partition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}

@@ -53,7 +53,11 @@ REASONS: dict[str, str] = {
     "missing_feature": "a model feature is absent from the named features",
     "non_finite": "a feature is NaN or infinite (or overflows float32)",
     "invalid_field": "'id', 'entity' or 'ts' has the wrong type or an unreadable value",
+    "too_deep": "the JSON value nests deeper than the decoder's limit",
 }
+
+#: What a failed typed parse may raise; anything a value can make the decoder do lands here.
+_PARSE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, TypeError, ValueError, RecursionError)
 
 
 class Record(msgspec.Struct, gc=False):
@@ -153,11 +157,13 @@ def decode_batch(
         bad = [schema.names[j] for j in np.flatnonzero(~np.isfinite(matrix[row]))]
         refused.setdefault(row, ("non_finite", f"not finite as float32: {bad[:5]}"))
     for row, record in enumerate(records):
-        if type(record.ts) is str and row not in refused:
-            try:
-                parse_timestamp(record.ts)
-            except ValueError:
-                refused[row] = ("invalid_field", f"'ts' is not ISO-8601: {record.ts[:50]!r}")
+        ts = record.ts
+        if ts is None or (type(ts) is float and ts - ts == 0.0) or row in refused:
+            continue  # absent, or a finite number: nothing to check
+        try:
+            parse_timestamp(ts)
+        except (ValueError, OverflowError, OSError):
+            refused[row] = ("invalid_field", f"'ts' is not a finite time: {str(ts)[:50]!r}")
 
     if not refused:
         return DecodedBatch(matrix, positions, records, invalid)
@@ -176,7 +182,7 @@ def _parse(
             raise ValueError("oversized")
         records = list(map(_decode_record, values))  # type: ignore[arg-type]
         return records, np.arange(len(records))
-    except (msgspec.DecodeError, UnicodeDecodeError, TypeError, ValueError):
+    except _PARSE_ERRORS:
         pass
     records, kept = [], []
     for position, value in enumerate(values):
@@ -185,8 +191,11 @@ def _parse(
                 raise ValueError
             records.append(_decode_record(value))
             kept.append(position)
-        except (msgspec.DecodeError, UnicodeDecodeError, TypeError, ValueError):
-            reason, detail = _diagnose(value, max_bytes)
+        except _PARSE_ERRORS as exc:
+            if isinstance(exc, RecursionError):
+                reason, detail = "too_deep", "nested too deeply to decode"
+            else:
+                reason, detail = _diagnose(value, max_bytes)
             invalid.append(Invalid(position, reason, detail))
     return records, np.asarray(kept, dtype=np.int64)
 
@@ -270,7 +279,9 @@ def _diagnose(value: bytes | None, max_bytes: int) -> tuple[str, str]:
         return "invalid_utf8", str(exc)
     try:
         obj = json.loads(text)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        return "too_deep", "nested too deeply to decode"
+    except ValueError as exc:
         return "invalid_json", str(exc)[:200]
     if not isinstance(obj, dict):
         return "not_an_object", f"got a JSON {type(obj).__name__}"
@@ -298,4 +309,6 @@ def _diagnose(value: bytes | None, max_bytes: int) -> tuple[str, str]:
     ts = obj.get("ts")
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float | str)):
         return "invalid_field", "'ts' must be epoch seconds or an ISO-8601 string"
+    if isinstance(ts, int | float) and not math.isfinite(ts):
+        return "invalid_field", f"'ts' is not a finite time: {ts}"
     return "invalid_json", "the record does not match the input contract"

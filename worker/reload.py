@@ -4,7 +4,8 @@ A background thread notices a new current version, loads and verifies it
 (checksum, shapes, the same features in the same order as the model being
 served) and parks it. The pipeline takes it between two batches, so no record
 is scored by a half-loaded model and none is skipped. A version that fails
-verification is refused once, logged, counted, and the old model keeps serving.
+verification (or cannot be read at all) is refused, logged and counted once, the
+old model keeps serving, and the version is tried again at the next poll.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class ModelWatcher:
         self.on_result = on_result
         self._seen = serving_version
         self._parked: Scorer | None = None
+        self._refused: set[str] = set()  # versions refused (and logged) once already
+        self._registry_unreadable = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="model-watcher", daemon=True)
@@ -58,15 +61,23 @@ class ModelWatcher:
         return parked
 
     def check(self) -> None:
-        """Look at CURRENT once; load and park a new version (the thread's step; tests call it)."""
+        """Look at CURRENT once; load and park a new version (the thread's step; tests call it).
+
+        Never raises: whatever goes wrong (a version pruned mid-load, a permission
+        error, a truncated ``bundle.json``, a broken module) refuses that version,
+        counted and logged once; it is tried again at the next poll, so a version
+        still being copied in is picked up once it is complete.
+        """
         try:
             version = self.registry.current()
-        except OSError as exc:
-            logger.warning("cannot read the registry's current version: %s", exc)
+        except Exception as exc:
+            if not self._registry_unreadable:
+                logger.warning("cannot read the registry's current version: %s", exc)
+            self._registry_unreadable = True
             return
+        self._registry_unreadable = False
         if version is None or version == self._seen:
             return
-        self._seen = version
         try:
             scorer = Scorer.load(self.registry.path_of(version), self.device)
             if scorer.metadata.feature_names != self.feature_names:
@@ -74,10 +85,19 @@ class ModelWatcher:
                     f"features {list(scorer.metadata.feature_names)[:5]} differ from the served "
                     f"model's {list(self.feature_names)[:5]}; restart the worker to change features"
                 )
-        except BundleError as exc:
-            logger.error("model %s refused, the current model keeps serving: %s", version, exc)
-            self.on_result("refused", version)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, BundleError) else f"{type(exc).__name__}: {exc}"
+            if version not in self._refused:
+                self._refused.add(version)
+                logger.error(
+                    "model %s refused, the current model keeps serving (retried at each poll): %s",
+                    version,
+                    reason,
+                )
+                self.on_result("refused", version)
             return
+        self._seen = version
+        self._refused.discard(version)
         with self._lock:
             self._parked = scorer
         logger.info("model %s loaded and verified; switching at the next batch", version)

@@ -25,7 +25,10 @@ DEFAULT_BATCH_MAX_RECORDS = 5000
 DEFAULT_BATCH_MAX_WAIT_SECONDS = 0.05
 DEFAULT_COMMIT_INTERVAL_SECONDS = 1.0
 DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 20.0
-DEFAULT_MAX_RECORD_BYTES = 1_048_576
+DEFAULT_MAX_RECORD_BYTES = 1_000_000
+DEFAULT_MAX_REQUEST_BYTES = 1_048_576  # Kafka's default message.max.bytes is 1,048,588
+#: Room a dead letter needs beyond the record it carries: headers, key, batch framing.
+OUTPUT_HEADROOM_BYTES = 16_384
 DEFAULT_TOP_FEATURES = 3
 
 
@@ -64,6 +67,16 @@ class WorkerSettings(BaseSettings):
     """Consumer group heartbeat interval; must be below a third of the session timeout."""
     fetch_max_wait_seconds: float = Field(0.1, ge=0.0, le=5.0)
     """How long the broker may hold a fetch waiting for data."""
+    isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
+    """`read_committed` never scores records of aborted (or still open) producer transactions."""
+    output_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
+    """Compression of the alerts and dead letters the worker produces."""
+    max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=65_536)
+    """Producer `max_request_size`; keep it at most the broker's `message.max.bytes`."""
+    delivery_timeout_seconds: float = Field(120.0, ge=5.0, le=3600.0)
+    """How long an output is retried; then the worker exits 1 with nothing committed past it."""
+    on_undecodable_batch: Literal["fail", "skip"] = "fail"
+    """A batch the client cannot decode: `fail` exits 3 naming it, `skip` dead-letters it."""
 
     # --- security --------------------------------------------------------------
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -99,7 +112,7 @@ class WorkerSettings(BaseSettings):
     batch_max_wait_seconds: float = Field(DEFAULT_BATCH_MAX_WAIT_SECONDS, gt=0.0, le=10.0)
     """... or this long after its first record, or as soon as nothing more is buffered."""
     max_record_bytes: int = Field(DEFAULT_MAX_RECORD_BYTES, ge=64)
-    """Records larger than this go to the dead-letter topic as ``oversized``."""
+    """Records larger than this go to the dead-letter topic as ``oversized`` (cut to this size)."""
     commit_interval_seconds: float = Field(DEFAULT_COMMIT_INTERVAL_SECONDS, gt=0.0, le=300.0)
     """Offsets are committed (after every alert is acknowledged) at this interval."""
     shutdown_timeout_seconds: float = Field(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS, gt=0.0, le=600.0)
@@ -144,6 +157,12 @@ class WorkerSettings(BaseSettings):
             raise ValueError(
                 f"{ENV_PREFIX}HEARTBEAT_INTERVAL_SECONDS must be at most a third of "
                 f"{ENV_PREFIX}SESSION_TIMEOUT_SECONDS"
+            )
+        if self.max_record_bytes + OUTPUT_HEADROOM_BYTES > self.max_request_bytes:
+            raise ValueError(
+                f"{ENV_PREFIX}MAX_RECORD_BYTES ({self.max_record_bytes}) must be at least "
+                f"{OUTPUT_HEADROOM_BYTES} below {ENV_PREFIX}MAX_REQUEST_BYTES "
+                f"({self.max_request_bytes}), so that a dead letter always fits a produce request"
             )
         if len({self.input_topic, self.alert_topic, self.dlq_topic}) < 3:
             raise ValueError(

@@ -1,5 +1,6 @@
 """The commit protocol with scripted clients: outputs acknowledged before offsets are committed."""
 
+import asyncio
 import json
 import threading
 
@@ -10,6 +11,7 @@ from kafka.errors import KafkaTimeoutError
 from tests.helpers import record, write_distance_bundle
 from worker.exceptions import DeliveryError
 from worker.health import HealthState
+from worker.kafka_io import RebalanceListener
 from worker.messages import Message
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Pipeline, PipelineConfig
@@ -51,20 +53,36 @@ class FakeProducer:
         self._pending = []
 
 
+class FakeCoordinator:
+    """kafka-python's coordinator as the rebalance listener uses it (on the IO thread)."""
+
+    def __init__(self, consumer):
+        self.consumer = consumer
+
+    async def _commit_offsets_sync_async(self, offsets, timeout_ms=None):
+        self.consumer.log.append("commit")
+        self.consumer.commits.append(
+            {(tp.topic, tp.partition): om.offset for tp, om in offsets.items()}
+        )
+
+
 class FakeConsumer:
     def __init__(self, log, batches):
         self.log, self.batches = log, list(batches)
         self.commits = []
         self.listener = None
+        self._coordinator = FakeCoordinator(self)
 
     def subscribe(self, topics, listener=None):
         self.listener = listener
-        listener.on_partitions_assigned({TopicPartition("in", 0), TopicPartition("in", 1)})
+        asyncio.run(
+            listener.on_partitions_assigned({TopicPartition("in", 0), TopicPartition("in", 1)})
+        )
 
     def poll(self, timeout_ms=0, max_records=None):
         return self.batches.pop(0) if self.batches else {}
 
-    def commit(self, offsets):
+    def commit(self, offsets, timeout_ms=None):
         self.log.append("commit")
         self.commits.append({(tp.topic, tp.partition): om.offset for tp, om in offsets.items()})
 
@@ -100,7 +118,7 @@ def make_pipeline(tmp_path, batches, **config):
         WorkerMetrics(),
         HealthState(60),
     )
-    pipeline.subscribe()
+    pipeline.subscribe(RebalanceListener(pipeline, consumer, 5000))
     return pipeline, consumer, producer, log
 
 
@@ -146,7 +164,7 @@ def test_an_unacknowledged_output_stops_before_any_commit(tmp_path):
     assert consumer.commits == []
     # Closing the consumer afterwards revokes the partitions: still nothing may be committed.
     producer.fail_with = None
-    consumer.listener.on_partitions_revoked({TopicPartition("in", 0)})
+    asyncio.run(consumer.listener.on_partitions_revoked({TopicPartition("in", 0)}))
     pipeline.commit()
     assert consumer.commits == []
 
@@ -156,6 +174,123 @@ def test_revocation_finishes_the_batch_in_hand_and_commits(tmp_path):
     # Records polled into the batch, then a rebalance revokes the partition.
     pipeline._pending.extend(messages(0, [record([5, 5, 5, 5])] * 3))
     pipeline._pending_last[("in", 0)] = 2
-    consumer.listener.on_partitions_revoked({TopicPartition("in", 0)})
+    asyncio.run(consumer.listener.on_partitions_revoked({TopicPartition("in", 0)}))
     assert len(producer.sent) == 3
     assert log == ["flush", "commit"] and consumer.commits == [{("in", 0): 3}]
+
+
+class FlakyConsumer(FakeConsumer):
+    """Raises what kafka-python raises during a network cut, then recovers."""
+
+    def __init__(self, log, batches, failures):
+        super().__init__(log, batches)
+        self.failures = list(failures)
+
+    def poll(self, timeout_ms=0, max_records=None):
+        if self.failures:
+            raise self.failures.pop(0)
+        return super().poll(timeout_ms, max_records)
+
+
+def test_a_network_cut_while_polling_is_ridden_out_and_readiness_follows(tmp_path):
+    from kafka.errors import KafkaConnectionError, NodeNotReadyError
+
+    pipeline, _consumer, producer, log = make_pipeline(tmp_path, [])
+    batch = {TopicPartition("in", 0): messages(0, [record([5, 5, 5, 5], id="after")])}
+    flaky = FlakyConsumer(
+        log, [batch], [KafkaConnectionError("socket disconnected"), NodeNotReadyError(1)]
+    )
+    pipeline.consumer = flaky
+    seen = []
+    real_trouble = pipeline._link_trouble
+
+    def trouble(what):
+        real_trouble(what)
+        seen.append(pipeline.health.ready)
+
+    pipeline._link_trouble = trouble
+    pipeline.run(threading.Event(), max_seconds=1.5)
+    assert seen == [False, False]  # /readyz said 503 while cut off
+    assert pipeline.health.ready  # and 200 once polls succeed again
+    assert [s[0] for s in producer.sent] == ["alerts"]
+    assert flaky.commits == [{("in", 0): 1}]
+
+
+def test_a_fatal_error_abandons_the_batch_and_close_commits_nothing(tmp_path):
+    from kafka.errors import IllegalStateError
+
+    batch = {TopicPartition("in", 0): messages(0, [record([5, 5, 5, 5])] * 2)}
+    pipeline, consumer, producer, log = make_pipeline(tmp_path, [batch], batch_max_records=1000)
+    consumer.poll = lambda timeout_ms=0, max_records=None: (_ for _ in ()).throw(
+        IllegalStateError("not transient")
+    )
+    pipeline._pending.extend(messages(0, [record([5, 5, 5, 5])] * 2))
+    pipeline._pending_last[("in", 0)] = 1
+    with pytest.raises(IllegalStateError):
+        run_once(pipeline)
+    # consumer.close() then runs the revoke listener on the IO thread: it must do nothing.
+    asyncio.run(consumer.listener.on_partitions_revoked({TopicPartition("in", 0)}))
+    assert producer.sent == [] and consumer.commits == [] and "flush" not in log
+
+
+def test_a_flush_that_times_out_postpones_the_commit_instead_of_stopping(tmp_path):
+    batch = {TopicPartition("in", 0): messages(0, [record([5, 5, 5, 5])])}
+    pipeline, consumer, producer, _log = make_pipeline(tmp_path, [batch])
+    real_flush = producer.flush
+    calls = []
+
+    def flush(timeout=None):
+        calls.append(timeout)
+        if len(calls) == 1:
+            raise KafkaTimeoutError("Timeout waiting for future")
+        real_flush(timeout)
+
+    producer.flush = flush
+    run_once(pipeline)
+    assert consumer.commits == [{("in", 0): 1}]  # committed at a later commit point
+    assert calls[0] <= 5
+
+
+def test_a_failure_inside_the_revoke_listener_is_raised_from_the_main_loop(tmp_path):
+    batch = {TopicPartition("in", 0): messages(0, [record([9, 9, 9, 9])])}
+    pipeline, consumer, producer, _ = make_pipeline(tmp_path, [batch])
+    run_once(pipeline)  # processed and committed
+    pipeline._pending.extend(messages(0, [record([9, 9, 9, 9])], start=1))
+    pipeline._pending_last[("in", 0)] = 1
+    producer.fail_with = KafkaTimeoutError("expired")
+    asyncio.run(consumer.listener.on_partitions_revoked({TopicPartition("in", 0)}))
+    with pytest.raises(DeliveryError):
+        run_once(pipeline)
+    assert consumer.commits == [{("in", 0): 1}]
+
+
+def test_outputs_that_cannot_fit_a_request_become_cut_dead_letters(tmp_path):
+    big = record([0, 0, 0, 0], pad="x" * 30_000)
+    # 10 KB of UTF-8 in, but 30 KB once the alert's JSON escapes it as \u00e9.
+    huge_id = json.dumps({"features": [9, 9, 9, 9], "id": "é" * 5_000}, ensure_ascii=False)
+    huge_id = huge_id.encode()
+    batch = {TopicPartition("in", 0): messages(0, [big, huge_id])}
+    pipeline, consumer, producer, _ = make_pipeline(tmp_path, [batch], max_record_bytes=20_000)
+    run_once(pipeline)
+    letters = [s for s in producer.sent if s[0] == "dlq"]
+    reasons = [dict(h)["error.reason"] for _, _, _, h in letters]
+    assert reasons == [b"oversized", b"alert_too_large"]
+    for _, key, value, headers in letters:
+        assert len(key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers) <= (
+            20_000
+        )
+    assert dict(letters[0][3])["source.value.size"] == str(len(big)).encode()
+    assert dict(letters[0][3])["error.truncated"] == b"value"
+    assert letters[0][2] == big[: len(letters[0][2])]
+    assert consumer.commits == [{("in", 0): 2}]
+
+
+def test_non_finite_scores_alert_with_valid_json(tmp_path):
+    # float32 squares overflow: the score is inf; the alert must still be RFC 8259 JSON.
+    batch = {TopicPartition("in", 0): messages(0, [record([3e38, 0, 0, 0], id="inf")])}
+    pipeline, _consumer, producer, _ = make_pipeline(tmp_path, [batch])
+    run_once(pipeline)
+    ((topic, _, value, _),) = producer.sent
+    assert topic == "alerts" and b"Infinity" not in value and b"NaN" not in value
+    body = json.loads(value, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert body["id"] == "inf" and body["score"] is None and body["score_ratio"] is None

@@ -127,3 +127,97 @@ def test_every_value_is_either_scored_or_refused_never_both(values):
         assert all(
             math.isclose(a, np.float32(b), rel_tol=1e-6) for a, b in zip(row, features, strict=True)
         )
+
+
+def nested(depth: int, open_: bytes = b'{"a":', close: bytes = b"}") -> bytes:
+    return open_ * depth + b"1" + close * depth
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        nested(5_000),  # the 30 KB poison record: an unknown field nested 5,000 deep
+        nested(5_000, b"[", b"]"),
+        b'{"features": [1, 2, 3, 4], "id": ' + nested(3_000, b"[", b"]") + b"}",
+        b'{"features": ' + nested(3_000, b"[", b"]") + b"}",
+        b'{"features": [1, 2, 3, 4], "entity": ' + nested(3_000) + b"}",
+    ],
+)
+def test_deep_nesting_is_refused_as_too_deep_not_raised(value):
+    batch = decode([record([0, 0, 0, 0]), value], max_bytes=1 << 20)
+    assert [(i.position, i.reason) for i in batch.invalid] == [(1, "too_deep")]
+    assert batch.positions.tolist() == [0]
+
+
+@pytest.mark.parametrize("ts", [1e400, "NaN", "2024-13-01", ""])
+def test_timestamps_that_cannot_be_epoch_seconds_are_refused(ts):
+    value = (
+        b'{"features": [1, 2, 3, 4], "ts": 1e400}' if ts == 1e400 else record([1, 2, 3, 4], ts=ts)
+    )
+    batch = decode([value])
+    assert [i.reason for i in batch.invalid] == ["invalid_field"]
+
+
+def hostile_values() -> st.SearchStrategy[bytes]:
+    """What a producer can put on a topic, biased towards what breaks decoders."""
+    digits = st.integers(min_value=1, max_value=600).map(lambda n: b"9" * n)
+    number = st.one_of(
+        st.floats().map(lambda f: json.dumps(f).encode()),
+        digits,
+        digits.map(lambda d: b"-" + d + b".5e" + d[:3]),
+        st.sampled_from([b"1e400", b"-1e400", b"1e-400", b"NaN", b"-Infinity", b"0x10", b"01"]),
+    )
+    text = st.text(st.characters(codec="utf-8", exclude_categories=()), max_size=20).map(
+        lambda t: json.dumps(t, ensure_ascii=False).encode()
+    )
+    odd_text = st.sampled_from(
+        [b'"\\ud800"', b'"\\udfff\\ud800"', b'"\xed\xa0\x80"', b'"\xc0\x80"', b'"\x00"']
+    )
+    depth = st.integers(min_value=1, max_value=4_000)
+    deep = st.one_of(
+        depth.map(nested),
+        depth.map(lambda d: b'{"features": ' + nested(d, b"[", b"]") + b"}"),
+        depth.map(lambda d: b'{"features": [1, 2, 3, 4], "id": ' + nested(d, b"[", b"]") + b"}"),
+    )
+    features = st.lists(number, min_size=0, max_size=6).map(lambda xs: b"[" + b",".join(xs) + b"]")
+    long_array = st.integers(min_value=5, max_value=100_000).map(
+        lambda n: b'{"features": [' + b",".join([b"1"] * n) + b"]}"
+    )
+    duplicated = st.tuples(features, features).map(
+        lambda f: b'{"features": ' + f[0] + b', "features": ' + f[1] + b', "id": "a", "id": 3}'
+    )
+    field = st.one_of(number, text, odd_text, st.just(b"null"), st.just(b"true"), features)
+    shaped = st.tuples(features, field, field, field).map(
+        lambda p: b'{"features": %s, "id": %s, "ts": %s, "entity": %s}' % p
+    )
+    return st.one_of(
+        st.binary(max_size=200),
+        st.none(),
+        number,
+        text,
+        odd_text,
+        deep,
+        long_array,
+        duplicated,
+        shaped,
+        shaped.map(lambda v: v[: len(v) // 2]),  # cut short
+        st.just(record([0.5, 0.5, 0.5, 0.5])),
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(hostile_values(), max_size=10))
+def test_hostile_input_decodes_or_is_refused_with_a_documented_reason(values):
+    """No exception escapes decode_batch, and what it accepts can be alerted on."""
+    from worker.alerts import event_time, record_id
+    from worker.messages import Message
+
+    batch = decode(values, max_bytes=1 << 20)
+    refused = [i.position for i in batch.invalid]
+    assert sorted(refused + batch.positions.tolist()) == list(range(len(values)))
+    assert all(i.reason in REASONS and i.detail for i in batch.invalid)
+    assert np.isfinite(batch.features).all()
+    for rec, position in zip(batch.records, batch.positions.tolist(), strict=True):
+        message = Message("t", 0, position, 0, None, values[position])
+        assert math.isfinite(event_time(rec, message))
+        record_id(rec, message).encode("utf-8")

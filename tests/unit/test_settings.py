@@ -67,6 +67,16 @@ def test_reads_env_and_dotenv(monkeypatch, tmp_path):
             "SASL_SSL needs ANOMALY_SASL_MECHANISM, ANOMALY_SASL_USERNAME, ANOMALY_SASL_PASSWORD",
         ),
         ({"ANOMALY_ALERT_TOPIC": "features"}, "must be three different topics"),
+        (
+            {"ANOMALY_MAX_RECORD_BYTES": "1048576"},
+            "ANOMALY_MAX_RECORD_BYTES (1048576) must be at least 16384 below "
+            "ANOMALY_MAX_REQUEST_BYTES (1048576)",
+        ),
+        (
+            {"ANOMALY_OUTPUT_COMPRESSION": "brotli"},
+            "ANOMALY_OUTPUT_COMPRESSION: Input should be 'none', 'gzip', 'snappy', 'lz4' or 'zstd'",
+        ),
+        ({"ANOMALY_ON_UNDECODABLE_BATCH": "ignore"}, "Input should be 'fail' or 'skip'"),
     ],
 )
 def test_bad_values_name_the_variable(monkeypatch, env, expected):
@@ -112,3 +122,83 @@ def test_cli_refuses_a_missing_model_before_connecting(tmp_path):
     )
     assert result.returncode == 2
     assert "is not a model bundle" in result.stderr.strip().splitlines()[-1]
+
+
+SECRET = "hunter2-s3cr3t"
+
+
+def sasl_env(monkeypatch, mechanism="SCRAM-SHA-512"):
+    for key, value in {
+        "ANOMALY_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "ANOMALY_SASL_MECHANISM": mechanism,
+        "ANOMALY_SASL_USERNAME": "svc-anomaly",
+        "ANOMALY_SASL_PASSWORD": SECRET,
+    }.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_settings_map_to_the_kafka_client_options(monkeypatch, mechanism):
+    from worker.kafka_io import consumer_config, producer_config
+
+    sasl_env(monkeypatch, mechanism)
+    settings = WorkerSettings()
+    consumer, producer = consumer_config(settings), producer_config(settings)
+    for config in (consumer, producer):
+        assert config["security_protocol"] == "SASL_PLAINTEXT"
+        assert config["sasl_mechanism"] == mechanism
+        assert config["sasl_plain_username"] == "svc-anomaly"
+        assert config["sasl_plain_password"] == SECRET
+    assert consumer["isolation_level"] == "read_committed" and consumer["check_crcs"] is True
+    assert consumer["enable_auto_commit"] is False
+    assert producer["enable_idempotence"] is True and producer["acks"] == "all"
+    assert producer["compression_type"] == "lz4"
+    assert producer["max_request_size"] == 1_048_576
+    assert producer["delivery_timeout_ms"] == 120_000
+    monkeypatch.setenv("ANOMALY_OUTPUT_COMPRESSION", "none")
+    assert producer_config(WorkerSettings())["compression_type"] is None
+
+
+def test_secrets_never_reach_logs_settings_output_or_errors(monkeypatch, tmp_path):
+    """A worker that cannot reach its broker logs at DEBUG for a while: no password anywhere."""
+    import signal
+    import time
+
+    from tests.helpers import write_distance_bundle
+
+    write_distance_bundle(tmp_path / "model")
+    sasl_env(monkeypatch)
+    env = {
+        **os.environ,
+        "ANOMALY_MODEL_PATH": str(tmp_path / "model"),
+        "ANOMALY_METRICS_PORT": "0",
+        "ANOMALY_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "ANOMALY_LOG_LEVEL": "DEBUG",
+        "ANOMALY_CONNECT_BACKOFF_MAX_SECONDS": "0.5",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker", "run"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(6)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=30)
+    assert "broker unreachable" in output  # it did try, and logged about it
+    assert SECRET not in output
+    listing = subprocess.run(
+        [sys.executable, "-m", "worker", "settings"], env=env, capture_output=True, text=True
+    )
+    assert listing.returncode == 0 and SECRET not in listing.stdout + listing.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "worker", "run"],
+        env={**env, "ANOMALY_SASL_MECHANISM": "GSSAPI"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and SECRET not in bad.stdout + bad.stderr
+    assert "ANOMALY_SASL_MECHANISM" in bad.stderr
