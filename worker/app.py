@@ -22,6 +22,7 @@ from worker.kafka_io import (
     connect_with_backoff,
     group_link_age,
     make_consumer,
+    make_probe_consumer,
     make_producer,
     require_topics,
 )
@@ -154,6 +155,7 @@ def run_worker(
             health,
             watcher=watcher,
             link_age=lambda: group_link_age(consumer),
+            probe_factory=lambda: make_probe_consumer(settings),
         )
         commit_timeout_ms = int(settings.shutdown_timeout_seconds * 1000)
         pipeline.subscribe(RebalanceListener(pipeline, consumer, commit_timeout_ms))

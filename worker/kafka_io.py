@@ -87,6 +87,8 @@ def producer_config(settings: WorkerSettings) -> dict[str, Any]:
         "max_request_size": settings.max_request_bytes,
         "delivery_timeout_ms": int(settings.delivery_timeout_seconds * 1000),
         "max_block_ms": MAX_BLOCK_MS,
+        # The worker never creates topics: a missing output topic is an error at start.
+        "allow_auto_create_topics": False,
     }
 
 
@@ -134,6 +136,14 @@ def require_topics(producer: KafkaProducer, topics: list[str]) -> None:
 
 def make_consumer(settings: WorkerSettings) -> KafkaConsumer:
     return KafkaConsumer(**consumer_config(settings))
+
+
+def make_probe_consumer(settings: WorkerSettings) -> KafkaConsumer:
+    """A consumer outside the group (no group id), to read one partition at chosen offsets."""
+    config = consumer_config(settings)
+    for name in ("group_id", "session_timeout_ms", "heartbeat_interval_ms", "auto_offset_reset"):
+        config.pop(name)
+    return KafkaConsumer(**config)
 
 
 def make_producer(settings: WorkerSettings) -> KafkaProducer:

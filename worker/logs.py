@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["JsonFormatter", "RepeatFilter", "configure_logging"]
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -27,6 +27,37 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+class RepeatFilter(logging.Filter):
+    """Of the loggers under ``prefix``, let one record per message template through per interval.
+
+    The Kafka client logs every failed reconnect during an outage; the worker
+    says once that the broker is unreachable. The next record let through says
+    how many were held back.
+    """
+
+    def __init__(
+        self, prefix: str = "kafka", interval_seconds: float = 30.0, clock=time.monotonic
+    ) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.interval_seconds, self._clock = interval_seconds, clock
+        self._last: dict[tuple[str, object], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefix):
+            return True
+        key = (record.name, record.msg)
+        now = self._clock()
+        last, held = self._last.get(key, (float("-inf"), 0))
+        if now - last < self.interval_seconds:
+            self._last[key] = (last, held + 1)
+            return False
+        self._last[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} [{held} like this in the last {self.interval_seconds:.0f}s]"
+        return True
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -50,5 +81,8 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # kafka-python is chatty at INFO about every connection; keep its warnings.
+    # kafka-python is chatty at INFO about every connection; keep its warnings, and only
+    # one of each kind per 30 s during an outage (unless debugging).
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    if level != "DEBUG":
+        handler.addFilter(RepeatFilter("kafka"))

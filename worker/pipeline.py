@@ -24,9 +24,11 @@ commit point. A record batch the client cannot decode stops the worker
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +68,13 @@ COMMIT_TIMEOUT_MS = 10_000
 FLUSH_SLICE_SECONDS = 5.0
 #: Longest skip when stepping past an undecodable batch, in offsets.
 MAX_SKIP_OFFSETS = 100_000
+#: How long a probe waits for a fetch before taking an offset as readable.
+PROBE_SECONDS = 5.0
+#: Where kafka-python's checksum errors say the batch is.
+_BATCH_AT = re.compile(
+    r"partition TopicPartition\(topic='(?P<topic>[^']+)', partition=(?P<partition>\d+)\)"
+    r" at offset (?P<offset>\d+)"
+)
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,7 @@ class Pipeline:
         clock: Callable[[], float] = time.monotonic,
         watcher: ModelWatcher | None = None,
         link_age: Callable[[], float | None] = lambda: None,
+        probe_factory: Callable[[], Any] | None = None,
     ) -> None:
         self.config = config
         self.consumer, self.producer = consumer, producer
@@ -118,6 +128,8 @@ class Pipeline:
         self.watcher = watcher
         self._clock = clock
         self._link_age = link_age
+        #: A consumer outside the group, to read a stuck partition without disturbing the group.
+        self._probe_factory = probe_factory or _no_probe
         self._window = BatchWindow(config.batch_max_records, config.batch_max_wait_seconds, clock)
         self._pending: list[SourceMessage] = []
         self._pending_last: dict[Partition, int] = {}
@@ -181,8 +193,8 @@ class Pipeline:
             self._link_trouble(f"poll: {type(exc).__name__}: {exc}")
             return {}
         self._raise_listener_error()
-        if polled:
-            self._link_ok()
+        if polled and self._link_age() is None:
+            self._link_ok()  # no heartbeat signal from this client: records are the best sign
         return polled
 
     def _raise_listener_error(self) -> None:
@@ -256,6 +268,9 @@ class Pipeline:
         self._backoff = min(max(self._backoff * 2, 0.1), self.config.backoff_max_seconds)
         self.health.set_ready(False, f"broker unreachable: {what}")
 
+    def _since_trouble(self) -> float:
+        return self._clock() - self._trouble_since
+
     def _link_ok(self) -> None:
         if self._trouble is not None:
             logger.info("broker reachable again after %.1fs", self._clock() - self._trouble_since)
@@ -266,8 +281,8 @@ class Pipeline:
         age = self._link_age() if self._assigned else None
         if age is not None and age > self.config.link_stale_seconds:
             self._link_trouble(f"no heartbeat answer from the group coordinator for {age:.0f}s")
-        elif self._trouble is not None and age is not None:
-            self._link_ok()
+        elif self._trouble is not None and age is not None and age < self._since_trouble():
+            self._link_ok()  # the coordinator answered since the trouble began
         if self._trouble is None and self._assigned:
             self.health.set_ready(True, "ok")
 
@@ -275,68 +290,69 @@ class Pipeline:
     def _undecodable(self, exc: BaseException) -> None:
         """The client cannot decode a batch: stop naming it, or step past it and dead-letter it."""
         reason = f"{type(exc).__name__}: {exc}"
-        located = self._locate_undecodable()
+        located = self._locate_undecodable(exc)
         topic, partition, offset = located if located else (self.config.input_topic, -1, -1)
         if self.config.on_undecodable_batch != "skip" or located is None:
+            # Stop cleanly: what came before the batch is processed and committed, so a
+            # restart (after the batch is dealt with) resumes exactly at it.
+            self._process_pending()
+            self.commit(final=True)
             raise UndecodableBatchError(topic, partition, offset, reason) from exc
         tp = TopicPartition(topic, partition)
         self._process_pending()
-        skipped = offset + 1  # the first offset not known to be undecodable
-        while skipped - offset < MAX_SKIP_OFFSETS and self._undecodable_at(tp, skipped):
-            skipped += 1
-        letter = build_skipped_letter(topic, partition, offset, skipped - 1, "undecodable", reason)
+        with closing(self._probe_factory()) as probe:
+            resume = self._first_decodable(probe, tp, offset)
+        self.consumer.seek(tp, resume)
+        letter = build_skipped_letter(topic, partition, offset, resume - 1, "undecodable", reason)
         self._send(self.config.dlq_topic, letter, f"{topic}[{partition}]@{offset}")
-        self.metrics.records_skipped.labels(reason="undecodable").inc(skipped - offset)
+        self.metrics.records_skipped.labels(reason="undecodable").inc(resume - offset)
         # The skipped range counts as processed: its outcome is the dead letter above.
-        self._offsets.mark((topic, partition), skipped - 1)
+        self._offsets.mark((topic, partition), resume - 1)
         logger.error(
             "skipped %s[%d]@%d..%d: the Kafka client cannot decode the batch (%s)",
             topic,
             partition,
             offset,
-            skipped - 1,
+            resume - 1,
             reason,
         )
 
-    def _undecodable_at(self, tp: Any, offset: int) -> bool:
-        """Whether reading ``tp`` from ``offset`` still fails to decode (records read are kept)."""
+    def _locate_undecodable(self, exc: BaseException) -> tuple[str, int, int] | None:
+        """Which partition is stuck, at which offset: from the error, else by probing each."""
+        named = _BATCH_AT.search(str(exc))
+        if named:
+            return named["topic"], int(named["partition"]), int(named["offset"])
+        with closing(self._probe_factory()) as probe:
+            for tp in sorted(self.consumer.assignment()):
+                position = int(self.consumer.position(tp))
+                if self._probe_fails(probe, tp, position):
+                    return tp.topic, tp.partition, position
+        return None
+
+    def _first_decodable(self, probe: Any, tp: Any, offset: int) -> int:
+        """The first offset after ``offset`` from which ``tp`` reads again (a bounded scan)."""
         high = self.consumer.highwater(tp)
-        if high is not None and offset >= high:
-            return False
-        self.consumer.seek(tp, offset)
-        deadline = self._clock() + 10.0
+        candidate = offset + 1
+        while candidate - offset < MAX_SKIP_OFFSETS:
+            if high is not None and candidate >= high:
+                break
+            if not self._probe_fails(probe, tp, candidate):
+                break
+            candidate += 1
+        return candidate
+
+    def _probe_fails(self, probe: Any, tp: Any, offset: int) -> bool:
+        """Whether reading ``tp`` from ``offset`` fails to decode (a consumer outside the group)."""
+        probe.assign([tp])
+        probe.seek(tp, offset)
+        deadline = self._clock() + PROBE_SECONDS
         while self._clock() < deadline:
             try:
-                if self._poll_alone(tp):
+                if probe.poll(timeout_ms=200, max_records=1):
                     return False
             except UNDECODABLE:
                 return True
         return False
-
-    def _poll_alone(self, tp: Any) -> bool:
-        """Poll ``tp`` with every other partition paused; keep what it returns. True if any."""
-        others = [p for p in self.consumer.assignment() if p != tp]
-        self.consumer.pause(*others)
-        try:
-            polled = self.consumer.poll(timeout_ms=500, max_records=self._window.room or 1)
-        finally:
-            self.consumer.resume(*others)
-        for part, messages in polled.items():
-            self._pending.extend(messages)
-            self._pending_last[(part.topic, part.partition)] = messages[-1].offset
-            self._window.add(len(messages))
-        return bool(polled.get(tp))
-
-    def _locate_undecodable(self) -> tuple[str, int, int] | None:
-        """Which assigned partition is stuck, and at which offset (polling each alone)."""
-        for tp in sorted(self.consumer.assignment()):
-            for _ in range(20):  # a bounded number of fetches per partition
-                try:
-                    if not self._poll_alone(tp):
-                        break
-                except UNDECODABLE:
-                    return tp.topic, tp.partition, int(self.consumer.position(tp))
-        return None
 
     # --- one batch --------------------------------------------------------------------
     def process(self, messages: Sequence[SourceMessage]) -> None:
@@ -410,9 +426,10 @@ class Pipeline:
         logger.warning("dead letter %s: %s (%s)", where(message), reason, detail)
 
     def _send(self, topic: str, letter: DeadLetter, source: str) -> None:
-        future = self.producer.send(
-            topic, key=letter.key, value=letter.value, headers=letter.headers
-        )
+        # kafka-python cannot produce a record with neither key nor value (a key-less
+        # tombstone, a skipped range): such a dead letter gets an empty value.
+        value = b"" if letter.key is None and letter.value is None else letter.value
+        future = self.producer.send(topic, key=letter.key, value=value, headers=letter.headers)
         future.add_errback(self._delivery_failed, source)
 
     def _alert_acked(self, event_ts: float, _metadata: object) -> None:
@@ -447,6 +464,7 @@ class Pipeline:
                 self._link_trouble(f"commit: {type(exc).__name__}: {exc}")
             return
         self.committed(offsets)
+        self._link_ok()  # the broker answered
 
     def acknowledged(
         self, partitions: Sequence[Partition] | None = None, final: bool = False
@@ -546,6 +564,10 @@ class Pipeline:
                     max(high - position, 0)
                 )
                 self._lag_labelled.add((topic, partition))
+
+
+def _no_probe() -> Any:
+    raise RuntimeError("no probe consumer configured")
 
 
 def kafka_offsets(offsets: dict[Partition, int]) -> dict[TopicPartition, OffsetAndMetadata]:

@@ -39,10 +39,20 @@ def produce(
     values: Sequence[bytes | None],
     keys: Sequence[bytes | None] | None = None,
     partition: int | None = None,
+    config: dict[str, object] | None = None,
+    headers: Sequence[list[tuple[str, bytes]] | None] | None = None,
 ) -> dict[int, int]:
-    """Produce with confluent-kafka (an independent client); return the end offset per partition."""
+    """Produce with confluent-kafka (an independent client); return the end offset per partition.
+
+    ``config`` adds librdkafka options (e.g. ``{"compression.type": "lz4"}``).
+    """
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": False}
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "enable.idempotence": False,
+            **(config or {}),
+        }
     )
     ends: dict[int, int] = {}
     errors: list[object] = []
@@ -55,7 +65,9 @@ def produce(
 
     for i, value in enumerate(values):
         key = keys[i] if keys is not None else None
-        kwargs = {"partition": partition} if partition is not None else {}
+        kwargs: dict[str, object] = {"partition": partition} if partition is not None else {}
+        if headers is not None and headers[i] is not None:
+            kwargs["headers"] = headers[i]
         while True:
             try:
                 producer.produce(topic, value=value, key=key, on_delivery=delivered, **kwargs)

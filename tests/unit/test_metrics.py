@@ -18,3 +18,23 @@ def test_array_histogram_matches_observing_one_by_one():
         )
     assert reg_a.get_sample_value("x_count") == 8
     assert reg_a.get_sample_value("x_sum") == reg_b.get_sample_value("x_sum")
+
+
+def test_the_kafka_clients_repeated_log_lines_are_held_back_and_counted():
+    import logging
+
+    from worker.logs import RepeatFilter
+
+    now = [0.0]
+    repeat = RepeatFilter("kafka", interval_seconds=30, clock=lambda: now[0])
+
+    def passes(name, msg="Connection failed: %s"):
+        return repeat.filter(logging.makeLogRecord({"name": name, "msg": msg, "args": ("x",)}))
+
+    assert passes("kafka.net.manager")
+    assert [passes("kafka.net.manager") for _ in range(100)] == [False] * 100
+    assert passes("kafka.net.manager", "another message")
+    assert passes("worker.pipeline") and passes("worker.pipeline")  # ours are never held back
+    now[0] = 31.0
+    record = logging.makeLogRecord({"name": "kafka.net.manager", "msg": "Connection failed: %s"})
+    assert repeat.filter(record) and "[100 like this in the last 30s]" in record.getMessage()
