@@ -125,8 +125,9 @@ def test_sigkills_at_random_moments_lose_nothing(kafka_bootstrap, topics, start_
         for _ in range(kills):
             time.sleep(rng.uniform(1.0, 3.0))
             slot = rng.randrange(2)
-            pool[slot].kill()
+            pool[slot].kill()  # mid-batch, between commits: nothing flushed or committed
             pool[slot] = start_worker(**env)
+            pool[slot].wait_ready(60)  # so that the next kill hits a worker that is serving
     finally:
         traffic.stop()
     wait_committed(kafka_bootstrap, topics.group, shared, traffic.ends, 240)
