@@ -27,7 +27,7 @@ from training.evaluate import evaluate, plot_curves, score_table
 from training.exceptions import TrainingError
 from training.fit import FitConfig, fit_bundle
 from training.kafka_window import alerted_ids, infer_feature_names, normal_traffic, read_window
-from training.promotion import GateConfig, promote, prune, register, rollback
+from training.promotion import GateConfig, promote, prune, register, retain, rollback
 from training.report import write_report
 from worker.exceptions import BundleError
 from worker.kafka_io import client_config
@@ -170,8 +170,12 @@ def cmd_models_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``retrain`` exit code when the gate rejects the candidate (the CronJob does not retry it).
+EXIT_REJECTED = 3
+
+
 def cmd_retrain(args: argparse.Namespace) -> int:
-    return 0 if retrain_once(args) else 3
+    return 0 if retrain_once(args) else EXIT_REJECTED
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
@@ -200,6 +204,9 @@ def retrain_once(args: argparse.Namespace) -> bool:
     version = register(registry, table, _fit_config(args, kafka=True), traffic.excluded)
     result = promote(registry, version, X[sample_rows], _gate_config(args))
     _print_gate(version, result)
+    removed = retain(registry, args.keep)
+    if removed:
+        logger.info("retention: removed %s", ", ".join(removed))
     return result.accepted
 
 
@@ -222,14 +229,14 @@ def _kafka_traffic(
     if registry is not None and registry.current() is not None:
         current = Scorer.load(registry.path_of(registry.current() or ""), "cpu")
     since = parse_time(args.since) if args.since else None
-    last = None if since is not None and args.last is None else (args.last or 50_000)
-    records = read_window(client, settings.input_topic, last=last, since=since)
+    timeout = args.read_timeout
+    records = read_window(client, settings.input_topic, args.last, since, timeout)
     if not records:
         raise TrainingError(f"the window of {settings.input_topic!r} is empty")
     alerts = []
     if not args.no_alert_topic:
         first_ts = min(r.timestamp for r in records) / 1000.0
-        alerts = read_window(client, settings.alert_topic, since=first_ts)
+        alerts = read_window(client, settings.alert_topic, args.alert_scan_last, first_ts, timeout)
     names = current.metadata.feature_names if current else infer_feature_names(records)
     return normal_traffic(records, names, alerted_ids(alerts), current), current
 
@@ -406,8 +413,25 @@ def _parser() -> argparse.ArgumentParser:
             "--alert-topic", help="alert topic whose ids are excluded (ANOMALY_ALERT_TOPIC)"
         )
         g.add_argument("--no-alert-topic", action="store_true", help="do not read the alert topic")
-        g.add_argument("--last", type=int, help="last N records per partition (default 50000)")
-        g.add_argument("--since", help="records since this time (epoch seconds or ISO-8601)")
+        g.add_argument(
+            "--last",
+            type=int,
+            default=50_000,
+            help="last N records per partition; bounds memory, also with --since (50000)",
+        )
+        g.add_argument("--since", help="of those, the records since this time (epoch s or ISO)")
+        g.add_argument(
+            "--alert-scan-last",
+            type=int,
+            default=200_000,
+            help="read at most the last N alerts per partition to exclude their ids (200000)",
+        )
+        g.add_argument(
+            "--read-timeout",
+            type=float,
+            default=120.0,
+            help="give up reading a topic's window after this many seconds (120)",
+        )
 
     def gate_options(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("promotion gate")
@@ -490,6 +514,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--registry", type=Path, required=True)
         if name == "schedule":
             p.add_argument("--every", required=True, help="period, e.g. 6h, 30m")
+        p.add_argument(
+            "--keep",
+            type=int,
+            default=10,
+            help="after each cycle keep the newest K versions (plus current and its rollback "
+            "target) and only the newest rejected candidate (10)",
+        )
         model_options(p)
         kafka_options(p)
         gate_options(p)

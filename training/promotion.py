@@ -26,7 +26,16 @@ from worker.exceptions import BundleError
 from worker.registry import Registry
 from worker.scoring import Scorer
 
-__all__ = ["GateConfig", "GateResult", "gate", "promote", "prune", "register", "rollback"]
+__all__ = [
+    "GateConfig",
+    "GateResult",
+    "gate",
+    "promote",
+    "prune",
+    "register",
+    "retain",
+    "rollback",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -194,3 +203,20 @@ def prune(registry: Registry, keep: int) -> list[str]:
     for version in removable:
         registry.remove(version)
     return removable
+
+
+def retain(registry: Registry, keep: int) -> list[str]:
+    """Automatic retention after a retraining cycle: what ``prune --keep`` does, and more.
+
+    Rejected candidates are removed except the newest (its report says why it was
+    rejected); then all but the newest ``keep`` versions go. The current version and
+    its rollback target are never removed.
+    """
+    current = registry.current()
+    previous = [h["version"] for h in registry.history() if h["version"] != current]
+    protected = {current, previous[-1] if previous else None}
+    rejected = [v for v in registry.versions() if registry.status(v).get("state") == "rejected"]
+    removed = [v for v in rejected[:-1] if v not in protected]
+    for version in removed:
+        registry.remove(version)
+    return removed + prune(registry, keep)

@@ -75,6 +75,22 @@ def test_retrain_excludes_flagged_traffic_registers_and_promotes(
     assert abs(report["rows"]["trimmed_by_robust_pass"] - 0.01 * 3840) <= 1
     assert registry.status(version)["state"] == "promoted"
 
+    # The alert-topic scan is bounded: with --alert-scan-last 1, at most one alert per
+    # partition (3) is read, so at most 3 of the 25 alerted ids are excluded.
+    code = train_main(
+        [
+            "retrain",
+            *("--registry", str(registry.root), "--bootstrap-servers", kafka_bootstrap),
+            *("--topic", topics.input, "--alert-topic", topics.alerts),
+            *("--alert-scan-last", "1", "--epochs", "5", "--no-progress"),
+        ]
+    )
+    out = capsys.readouterr().out
+    bounded = out.split(":")[0].strip()
+    assert bounded != version, out
+    report = json.loads((registry.path_of(bounded) / "report.json").read_text())
+    assert 1 <= report["rows"]["excluded"]["on_alert_topic"] <= 3
+
 
 def test_schedule_retrains_every_period_and_stops_on_sigterm(kafka_bootstrap, topics, tmp_path):
     import os

@@ -54,3 +54,22 @@ def test_compose_wires_kafka_worker_trainer_prometheus_grafana():
             assert (base / volume.split(":")[0]).exists(), volume
     scrape = yaml.safe_load((base / "compose/prometheus.yml").read_text())
     assert scrape["scrape_configs"][0]["job_name"] == "anomaly-worker"  # what the rules select
+
+
+def test_a_rejected_candidate_does_not_make_kubernetes_retrain_again():
+    from training.cli import EXIT_REJECTED
+
+    cronjob = next(
+        d for d in load_all("deploy/kubernetes/retrain-cronjob.yaml") if d["kind"] == "CronJob"
+    )
+    job = cronjob["spec"]["jobTemplate"]["spec"]
+    (rule,) = job["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob"
+    assert rule["onExitCodes"] == {
+        "containerName": "retrain",
+        "operator": "In",
+        "values": [EXIT_REJECTED],
+    }
+    assert job["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy needs it
+    args = job["template"]["spec"]["containers"][0]["args"]
+    assert "--keep" in args and "--last" in args and "--read-timeout" in args

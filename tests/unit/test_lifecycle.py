@@ -264,3 +264,21 @@ def test_ensemble_normalises_each_feature_and_member():
     assert float(per_feature.max() / per_feature.min()) < 5
     assert abs(float(score.median()) - 1.0) < 0.5
     assert expected.shape == (1500, 4)
+
+
+def test_retention_keeps_current_rollback_target_newest_and_one_rejected(tmp_path):
+    from training.promotion import retain
+
+    registry = Registry.create(tmp_path / "registry")
+    versions = [candidate(registry, correlated(500, seed=i)) for i in range(8)]
+    promote(registry, versions[0], None, GateConfig(), force=True)
+    promote(registry, versions[2], None, GateConfig(), force=True)
+    for rejected in (versions[3], versions[5], versions[6]):
+        registry.set_status(rejected, "rejected", reasons=["test"])
+    removed = retain(registry, keep=2)
+    kept = set(registry.versions())
+    # current (2), its rollback target (0), the newest two (6, 7); of the rejected only the
+    # newest (6) stays; 1, 3, 4, 5 go.
+    assert kept == {versions[i] for i in (0, 2, 6, 7)}
+    assert sorted(removed) == sorted(versions[i] for i in (1, 3, 4, 5))
+    assert registry.current() == versions[2]
