@@ -19,6 +19,7 @@ from worker.exceptions import WorkerError
 from worker.health import HealthServer, HealthState
 from worker.kafka_io import (
     RebalanceListener,
+    check_tls,
     connect_with_backoff,
     group_link_age,
     make_consumer,
@@ -108,6 +109,7 @@ def run_worker(
         metrics.set_model(meta.version, threshold.value, meta.calibration.expected_alert_rate)
 
         health.set_ready(False, "connecting to Kafka")
+        check_tls(settings)
         backoff = settings.connect_backoff_max_seconds
         # Closing order (the stack unwinds last-in first-out): the consumer closes
         # before the producer, so its close-time rebalance listener never meets a

@@ -13,7 +13,7 @@ from types import FrameType
 from pydantic import ValidationError
 
 from worker.app import run_worker
-from worker.exceptions import BundleError, OutputTopicError, UndecodableBatchError
+from worker.exceptions import BundleError, OutputTopicError, TlsError, UndecodableBatchError
 from worker.logs import configure_logging
 from worker.settings import WorkerSettings, describe_validation_error, settings_table
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     _install_signal_handlers(stop, settings.shutdown_timeout_seconds)
     try:
         run_worker(settings, stop)
-    except (BundleError, OutputTopicError) as exc:
+    except (BundleError, OutputTopicError, TlsError) as exc:
         print(f"anomaly-worker: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except UndecodableBatchError:

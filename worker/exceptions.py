@@ -17,6 +17,10 @@ class OutputTopicError(WorkerError):
     """The alert or dead-letter topic is missing or not writable."""
 
 
+class TlsError(WorkerError):
+    """TLS cannot work with the configured files (the broker's certificate, ours)."""
+
+
 class UndecodableBatchError(WorkerError):
     """The Kafka client cannot decode a record batch (corrupt, checksum mismatch, unknown codec)."""
 
