@@ -51,7 +51,9 @@ def main() -> int:
     args = parser.parse_args()
 
     with ExitStack() as stack:
-        bootstrap = args.bootstrap_servers or stack.enter_context(LocalBroker()).bootstrap_servers
+        broker = None if args.bootstrap_servers else stack.enter_context(LocalBroker())
+        bootstrap = args.bootstrap_servers or broker.bootstrap_servers  # type: ignore[union-attr]
+        broker_pid = broker.pid if broker is not None else None
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         tag = uuid.uuid4().hex[:8]
         topic, alerts, dlq = f"soak-{tag}", f"soak-alerts-{tag}", f"soak-dlq-{tag}"
@@ -90,7 +92,7 @@ def main() -> int:
             target=read_alerts, args=(bootstrap, alerts, started, latencies, stop), daemon=True
         )
         reader.start()
-        samples = offer(bootstrap, topic, args, rng, worker.pid, started)
+        samples = offer(bootstrap, topic, args, rng, (worker.pid, broker_pid), started)
         stop.set()
         reader.join(timeout=30)
         alive = worker.poll() is None
@@ -104,8 +106,10 @@ def main() -> int:
     return 0 if ok and alive and code == 0 else 1
 
 
-def offer(bootstrap, topic, args, rng, pid, started):  # type: ignore[no-untyped-def]
+def offer(bootstrap, topic, args, rng, pids, started):  # type: ignore[no-untyped-def]
     """Produce at the offered rate for the whole run, sampling the worker every 10 s."""
+    pid, broker_pid = pids
+    cpu_before = (cpu_seconds(pid), cpu_seconds(broker_pid), time.time())
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "message.max.bytes": 4e6})
     samples = []
     sent, next_sample, next_oversized = 0, 0.0, 10.0
@@ -135,7 +139,12 @@ def offer(bootstrap, topic, args, rng, pid, started):  # type: ignore[no-untyped
             producer.produce(topic, ('{"features": [], "pad": "' + pad + '"}').encode())
             next_oversized += 10.0
         if elapsed >= next_sample:
-            samples.append((elapsed, *process_sample(pid)))
+            cpu_now = (cpu_seconds(pid), cpu_seconds(broker_pid), time.time())
+            span = cpu_now[2] - cpu_before[2] or 1.0
+            shares = ((cpu_now[0] - cpu_before[0]) / span, (cpu_now[1] - cpu_before[1]) / span)
+            broker_rss = process_sample(broker_pid)[0] if broker_pid else float("nan")
+            samples.append((elapsed, *process_sample(pid), *shares, broker_rss))
+            cpu_before = cpu_now
             next_sample += SAMPLE_SECONDS
         producer.poll(0)
         time.sleep(0.002)
@@ -156,6 +165,14 @@ def read_alerts(bootstrap, topic, started, latencies, stop):  # type: ignore[no-
         reader.close()
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """user + system CPU seconds of a process (nan without one)."""
+    if pid is None:
+        return float("nan")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_sample(pid: int) -> tuple[float, int, int]:
     """RSS (MiB), open file descriptors, threads of a process."""
     status = Path(f"/proc/{pid}/status").read_text().splitlines()
@@ -166,17 +183,21 @@ def process_sample(pid: int) -> tuple[float, int, int]:
 
 def report(samples, latencies, args):  # type: ignore[no-untyped-def]
     rows = [
-        "| minute | RSS MiB | open fds | threads | alerts | p50 ms | p99 ms |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| minute | RSS MiB | open fds | threads | worker CPU | broker CPU | broker RSS MiB "
+        "| alerts | p50 ms | p99 ms |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    by_minute: dict[int, list[tuple[float, int, int]]] = defaultdict(list)
-    for elapsed, rss, fds, threads in samples:
-        by_minute[int(elapsed // 60)].append((rss, fds, threads))
+    by_minute: dict[int, list[tuple[float, ...]]] = defaultdict(list)
+    for elapsed, *values in samples:
+        by_minute[int(elapsed // 60)].append(tuple(values))
     for minute in sorted(by_minute):
-        rss, fds, threads = by_minute[minute][-1]
+        rss, fds, threads, _, _, broker_rss = by_minute[minute][-1]
+        worker_cpu = np.mean([v[3] for v in by_minute[minute]])
+        broker_cpu = np.mean([v[4] for v in by_minute[minute]])
         lat = np.asarray(latencies.get(minute, [np.nan]))
         rows.append(
-            f"| {minute + 1} | {rss:.0f} | {fds} | {threads} | {len(latencies.get(minute, []))} "
+            f"| {minute + 1} | {rss:.0f} | {fds} | {threads} | {worker_cpu:.0%} | {broker_cpu:.0%} "
+            f"| {broker_rss:.0f} | {len(latencies.get(minute, []))} "
             f"| {np.nanpercentile(lat, 50) * 1000:.0f} | {np.nanpercentile(lat, 99) * 1000:.0f} |"
         )
     warm = [s for s in samples if s[0] >= args.warmup_minutes * 60]

@@ -93,6 +93,8 @@ def producer_config(settings: WorkerSettings) -> dict[str, Any]:
         "compression_type": None if compression == "none" else compression,
         "max_request_size": settings.max_request_bytes,
         "delivery_timeout_ms": int(settings.delivery_timeout_seconds * 1000),
+        # kafka-python wants delivery_timeout_ms > linger_ms + request_timeout_ms.
+        "request_timeout_ms": int(min(30.0, settings.delivery_timeout_seconds / 2) * 1000),
         "max_block_ms": MAX_BLOCK_MS,
         # The worker never creates topics: a missing output topic is an error at start.
         "allow_auto_create_topics": False,

@@ -481,6 +481,7 @@ class Pipeline:
         offsets = self._offsets.to_commit(partitions)
         if not offsets:
             return {}
+        self._raise_delivery_failures()  # an output already given up on: stop now
         timeout = self.config.flush_timeout_seconds
         try:
             self.producer.flush(timeout=timeout if final else min(timeout, FLUSH_SLICE_SECONDS))
@@ -493,6 +494,10 @@ class Pipeline:
                 f"the producer did not deliver the outputs within {timeout:.0f}s ({exc!r}); "
                 "offsets not committed"
             ) from exc
+        self._raise_delivery_failures()
+        return offsets
+
+    def _raise_delivery_failures(self) -> None:
         with self._failures_lock:
             failures = list(self._failures)
         if failures:
@@ -501,7 +506,6 @@ class Pipeline:
                 f"{len(failures)} output(s) were not acknowledged (first: {failures[0]!r}); "
                 "offsets not committed"
             )
-        return offsets
 
     def committed(self, offsets: dict[Partition, int]) -> None:
         self._offsets.committed(offsets)

@@ -185,6 +185,8 @@ def test_a_network_cut_mid_stream_is_ridden_out_and_nothing_is_lost(
         bootstrap=via_proxy,
         ANOMALY_CONNECT_BACKOFF_MAX_SECONDS="1",
         ANOMALY_BATCH_MAX_RECORDS="200",
+        # Outputs in flight at the cut are retried for longer than it lasts (default 120 s).
+        ANOMALY_DELIVERY_TIMEOUT_SECONDS=str(max(120.0, cut_seconds + 60)),
     )
     worker.wait_ready()
     wait_for(lambda: (worker.metric("anomaly_records_consumed_total") or 0) > 2_000, 30, 0.02)
@@ -204,7 +206,8 @@ def test_a_network_cut_mid_stream_is_ridden_out_and_nothing_is_lost(
     alerted = set(alerted_ids(via_proxy, topics.alerts, len(anomalies), timeout_seconds=60))
     assert alerted == anomalies  # none lost (repeats allowed)
     log = worker.log()
-    assert "broker unreachable" in log and "Traceback" not in log
+    assert "broker unreachable" in log and "broker reachable again" in log
+    assert "stopping" not in log  # (kafka-python logs its own socket tracebacks meanwhile)
     assert worker.terminate() == 0
 
 
@@ -318,3 +321,68 @@ def test_an_undecodable_batch_is_skipped_and_dead_lettered_with_skip(
     assert worker.metric("anomaly_records_skipped_total", {"reason": "undecodable"}) == 5
     assert not worker.exited()
     assert worker.terminate() == 0
+
+
+def test_a_broker_gone_longer_than_the_delivery_timeout_exits_1_committing_nothing_past_it(
+    broker_behind_proxy, topics, start_worker
+):
+    """Outputs are retried for ANOMALY_DELIVERY_TIMEOUT_SECONDS; then exit 1, and a restart
+    (here: a second worker) re-reads from the last commit, so nothing is lost."""
+    import os
+
+    from tests.integration.kafka_helpers import committed
+
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        pytest.skip("needs a broker whose advertised address the test controls")
+    _broker, proxy, via_proxy = broker_behind_proxy
+    create_topics(via_proxy, [topics.input, topics.alerts, topics.dlq], partitions=3)
+    values, anomalies = backlog(40_000, every=50)
+    ends = produce(via_proxy, topics.input, values)
+    env = {"ANOMALY_DELIVERY_TIMEOUT_SECONDS": "5", "ANOMALY_BATCH_MAX_RECORDS": "200"}
+    first = start_worker(bootstrap=via_proxy, **env)
+    first.wait_ready()
+    wait_for(lambda: (first.metric("anomaly_records_consumed_total") or 0) > 2_000, 30, 0.02)
+    proxy.cut()
+    assert first.process is not None
+    assert first.process.wait(timeout=90) == 1
+    assert "not acknowledged" in first.log() and "unexpected error" not in first.log()
+    proxy.restore()
+
+    # Nothing was committed past an output the broker did not acknowledge: every anomaly
+    # below the committed offsets already has its alert.
+    done = committed(via_proxy, topics.group, topics.input, ends)
+    assert sum(done.values()) < sum(ends.values())
+    below = {
+        json.loads(r.value)["id"]
+        for r in read_topic(via_proxy, topics.input, sum(ends.values()))
+        if r.offset < done[r.partition]
+    }
+    assert below & anomalies <= set(alerted_ids(via_proxy, topics.alerts, len(below & anomalies)))
+
+    second = start_worker(bootstrap=via_proxy)
+    second.wait_ready()
+    wait_committed(via_proxy, topics.group, topics.input, ends, timeout_seconds=120)
+    assert set(alerted_ids(via_proxy, topics.alerts, len(anomalies), 60)) == anomalies
+    assert second.terminate() == 0
+
+
+def test_a_missing_output_topic_fails_at_start_with_one_line(kafka_bootstrap, topics, start_worker):
+    from kafka import KafkaConsumer
+
+    missing = topics.alerts + "-missing"
+    worker = start_worker(ANOMALY_ALERT_TOPIC=missing)
+    assert worker.process is not None
+    try:
+        code = worker.process.wait(timeout=60)
+    except Exception:
+        code = None
+    probe = KafkaConsumer(bootstrap_servers=kafka_bootstrap)
+    try:
+        created = missing in probe.topics()
+    finally:
+        probe.close()
+    if created:
+        pytest.skip("this broker creates topics on a metadata request even when told not to")
+    assert code == 2, worker.log()
+    lines = [ln for ln in worker.log().splitlines() if ln.startswith("anomaly-worker:")]
+    assert len(lines) == 1 and f"output topic {missing!r} is missing" in lines[0]

@@ -294,3 +294,18 @@ def test_non_finite_scores_alert_with_valid_json(tmp_path):
     assert topic == "alerts" and b"Infinity" not in value and b"NaN" not in value
     body = json.loads(value, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert body["id"] == "inf" and body["score"] is None and body["score_ratio"] is None
+
+
+def test_a_missing_output_topic_is_one_clear_error():
+    from worker.exceptions import OutputTopicError
+    from worker.kafka_io import require_topics
+
+    class Producer:
+        def partitions_for(self, topic):
+            if topic == "gone":
+                raise KafkaTimeoutError("Failed to update metadata after 10.0 secs.")
+            return {0, 1}
+
+    require_topics(Producer(), ["alerts"])
+    with pytest.raises(OutputTopicError, match="output topic 'gone' is missing or not writable"):
+        require_topics(Producer(), ["alerts", "gone"])

@@ -154,7 +154,10 @@ def test_settings_map_to_the_kafka_client_options(monkeypatch, mechanism):
     assert producer["enable_idempotence"] is True and producer["acks"] == "all"
     assert producer["compression_type"] == "lz4"
     assert producer["max_request_size"] == 1_048_576
-    assert producer["delivery_timeout_ms"] == 120_000
+    assert producer["delivery_timeout_ms"] == 120_000 and producer["request_timeout_ms"] == 30_000
+    monkeypatch.setenv("ANOMALY_DELIVERY_TIMEOUT_SECONDS", "5")
+    short = producer_config(WorkerSettings())
+    assert short["delivery_timeout_ms"] > short["linger_ms"] + short["request_timeout_ms"]
     monkeypatch.setenv("ANOMALY_OUTPUT_COMPRESSION", "none")
     assert producer_config(WorkerSettings())["compression_type"] is None
 
