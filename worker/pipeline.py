@@ -148,7 +148,8 @@ class Pipeline:
 
     # --- the loop -------------------------------------------------------------------
     def subscribe(self, listener: Any) -> None:
-        """Subscribe with ``listener``, a client-specific adapter of :meth:`revoke` and co."""
+        """Subscribe; ``listener`` adapts the client's rebalance callbacks to :meth:`prepare_revoke`,
+        :meth:`revoked`, :meth:`lost` and :meth:`on_assigned`."""
         self.consumer.subscribe([self.config.input_topic], listener=listener)
 
     def run(self, stop: threading.Event, max_seconds: float | None = None) -> None:

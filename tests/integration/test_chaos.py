@@ -71,14 +71,21 @@ class Traffic:
         return {f"t{i}" for i in range(self.sent) if i % 25 == 0 and i % 97 != 0}
 
 
-def outcomes(bootstrap, topics, traffic):
+def assert_every_outcome(bootstrap, topics, topic, traffic, timeout_seconds) -> int:
+    """Every offset committed, every anomaly alerted, every malformed record dead-lettered.
+
+    Returns how many alerts were repeats (at-least-once allows them).
+    """
+    wait_committed(bootstrap, topics.group, topic, traffic.ends, timeout_seconds)
     alerts = read_topic(bootstrap, topics.alerts, len(traffic.anomalies()), 120)
     letters = read_topic(bootstrap, topics.dlq, traffic.bad, 120)
     alerted = [json.loads(r.value)["id"] for r in alerts]
-    lettered = [
+    lettered = {
         (dict(r.headers)["source.partition"], dict(r.headers)["source.offset"]) for r in letters
-    ]
-    return alerted, lettered
+    }
+    assert set(alerted) == traffic.anomalies(), "an anomaly without an alert"
+    assert len(lettered) == traffic.bad, "a malformed record without a dead letter"
+    return len(alerted) - len(set(alerted))
 
 
 def assigned_partitions(worker) -> set[str]:
@@ -108,14 +115,20 @@ def settled(workers, partitions: int) -> bool:
     )
 
 
-def test_rebalance_storm_three_workers_six_partitions(kafka_bootstrap, topics, start_worker):
-    shared = topics.input + "-6p"
-    create_topics(kafka_bootstrap, [shared], partitions=6)
+def serving(kafka_bootstrap, topics, start_worker, partitions: int, replicas: int):
+    """A topic of ``partitions``, ``replicas`` workers in the group serving it, and its env."""
+    shared = f"{topics.input}-{partitions}p"
+    create_topics(kafka_bootstrap, [shared], partitions=partitions)
     env = {"ANOMALY_INPUT_TOPIC": shared, "ANOMALY_BATCH_MAX_RECORDS": "500"}
-    rng = random.Random(7)
-    workers = [start_worker(**env) for _ in range(3)]
+    workers = [start_worker(**env) for _ in range(replicas)]
     for worker in workers:
         worker.wait_ready(60)
+    return shared, env, workers
+
+
+def test_rebalance_storm_three_workers_six_partitions(kafka_bootstrap, topics, start_worker):
+    shared, env, workers = serving(kafka_bootstrap, topics, start_worker, 6, 3)
+    rng = random.Random(7)
     traffic = Traffic(kafka_bootstrap, shared).start()
     changes = 20 if FULL else 6
     try:
@@ -135,11 +148,7 @@ def test_rebalance_storm_three_workers_six_partitions(kafka_bootstrap, topics, s
         traffic.stop()
     if not any(not w.exited() for w in workers):
         workers.append(start_worker(**env))
-    wait_committed(kafka_bootstrap, topics.group, shared, traffic.ends, 180)
-    alerted, lettered = outcomes(kafka_bootstrap, topics, traffic)
-    assert set(alerted) == traffic.anomalies(), "an anomaly without an alert"
-    assert len(set(lettered)) == traffic.bad, "a malformed record without a dead letter"
-    duplicates = len(alerted) - len(set(alerted))
+    duplicates = assert_every_outcome(kafka_bootstrap, topics, shared, traffic, 180)
     # Duplicates only from batches in flight at a SIGTERM-less change: bounded by the changes.
     assert duplicates <= changes * 6 * 500 // 25
     for worker in workers:
@@ -149,13 +158,8 @@ def test_rebalance_storm_three_workers_six_partitions(kafka_bootstrap, topics, s
 
 
 def test_sigkills_at_random_moments_lose_nothing(kafka_bootstrap, topics, start_worker):
-    shared = topics.input + "-4p"
-    create_topics(kafka_bootstrap, [shared], partitions=4)
-    env = {"ANOMALY_INPUT_TOPIC": shared, "ANOMALY_BATCH_MAX_RECORDS": "500"}
+    shared, env, pool = serving(kafka_bootstrap, topics, start_worker, 4, 2)
     rng = random.Random(11)
-    pool = [start_worker(**env), start_worker(**env)]
-    for worker in pool:
-        worker.wait_ready(60)
     traffic = Traffic(kafka_bootstrap, shared).start()
     kills = 10 if FULL else 4
     try:
@@ -167,11 +171,5 @@ def test_sigkills_at_random_moments_lose_nothing(kafka_bootstrap, topics, start_
             pool[slot].wait_ready(60)  # so that the next kill hits a worker that is serving
     finally:
         traffic.stop()
-    wait_committed(kafka_bootstrap, topics.group, shared, traffic.ends, 240)
-    alerted, lettered = outcomes(kafka_bootstrap, topics, traffic)
-    assert set(alerted) == traffic.anomalies(), "an anomaly without an alert"
-    assert len(set(lettered)) == traffic.bad, "a malformed record without a dead letter"
-    print(
-        f"chaos: {traffic.sent} records, {kills} SIGKILLs, "
-        f"{len(alerted) - len(set(alerted))} duplicate alerts"
-    )
+    duplicates = assert_every_outcome(kafka_bootstrap, topics, shared, traffic, 240)
+    print(f"chaos: {traffic.sent} records, {kills} SIGKILLs, {duplicates} duplicate alerts")
