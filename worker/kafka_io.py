@@ -45,6 +45,9 @@ def client_config(settings: WorkerSettings) -> dict[str, Any]:
         "client_id": f"anomaly-worker-{settings.group_id}",
         "security_protocol": settings.security_protocol,
         "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
+        # After an outage, reconnect within the worker's own backoff bound (the client's
+        # default waits up to 30 s).
+        "reconnect_backoff_max_ms": int(settings.connect_backoff_max_seconds * 1000),
     }
     if settings.sasl_mechanism is not None:
         config["sasl_mechanism"] = settings.sasl_mechanism

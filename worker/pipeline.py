@@ -148,8 +148,10 @@ class Pipeline:
 
     # --- the loop -------------------------------------------------------------------
     def subscribe(self, listener: Any) -> None:
-        """Subscribe; ``listener`` adapts the client's rebalance callbacks to :meth:`prepare_revoke`,
-        :meth:`revoked`, :meth:`lost` and :meth:`on_assigned`."""
+        """Subscribe; ``listener`` adapts the client's rebalance callbacks.
+
+        It calls :meth:`prepare_revoke`, :meth:`revoked`, :meth:`lost` and :meth:`on_assigned`.
+        """
         self.consumer.subscribe([self.config.input_topic], listener=listener)
 
     def run(self, stop: threading.Event, max_seconds: float | None = None) -> None:

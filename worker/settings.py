@@ -118,7 +118,7 @@ class WorkerSettings(BaseSettings):
     shutdown_timeout_seconds: float = Field(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS, gt=0.0, le=600.0)
     """On SIGTERM the worker finishes its batch, flushes and commits within this bound."""
     connect_backoff_max_seconds: float = Field(10.0, gt=0.0, le=300.0)
-    """Longest pause between attempts to reach an unreachable broker."""
+    """Longest pause between attempts to reach an unreachable broker (at start and after a cut)."""
 
     # --- observability -------------------------------------------------------------
     metrics_host: str = "0.0.0.0"
