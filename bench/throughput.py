@@ -9,7 +9,10 @@
 5. print both rates, their ratio, latency percentiles and the worker's peak RSS.
 
 Rates count from the first record received to the last record consumed (bare)
-or committed (worker), so consumer-group joins are left out of both.
+or committed (worker), so consumer-group joins are left out of both. Steady-state
+rates count the records between the moments 5% and 95% of them had been consumed
+(the worker's count is scraped from /metrics every 20 ms), beside a bare
+confluent-kafka (librdkafka) drain of the same topic.
 """
 
 from __future__ import annotations
@@ -93,12 +96,16 @@ def main() -> int:
             group_id=f"bare-{tag}",
             session_timeout_seconds=6,
         )
-        bare_rate = bare_consume(settings, topic, args.records)
+        bare_rate, bare_steady = bare_consume(settings, topic, args.records)
         print(f"bare kafka-python consumer: {bare_rate:,.0f} records/s", flush=True)
+        confluent_rate, confluent_steady = bare_confluent(
+            bootstrap, topic, f"bare-confluent-{tag}", args.records
+        )
+        print(f"bare confluent-kafka consumer: {confluent_rate:,.0f} records/s", flush=True)
         # The same consumer with the worker's garbage-collector tuning, for a like-for-like view.
         settings = settings.model_copy(update={"group_id": f"bare-gc-{tag}"})
         tune_garbage_collector()
-        bare_gc_rate = bare_consume(settings, topic, args.records)
+        bare_gc_rate, _ = bare_consume(settings, topic, args.records)
         gc.set_threshold(*DEFAULT_GC_THRESHOLD)
         gc.unfreeze()
         print(f"bare consumer, GC tuned:    {bare_gc_rate:,.0f} records/s", flush=True)
@@ -120,7 +127,7 @@ def main() -> int:
         }
         worker = subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env)
         stack.callback(stop_process, worker)
-        worker_rate, cpu_share = worker_drain(
+        worker_rate, cpu_share, worker_steady = worker_drain(
             port, bootstrap, f"worker-{tag}", topic, ends, worker.pid
         )
         print(f"worker (drained and committed): {worker_rate:,.0f} records/s", flush=True)
@@ -140,6 +147,12 @@ def main() -> int:
     print(f"anomaly-worker:            {worker_rate:12,.0f} records/s")
     print(f"ratio worker / bare:       {worker_rate / bare_rate:12.2f}")
     print(f"bare, GC tuned as worker:  {bare_gc_rate:12,.0f} records/s")
+    print("steady state (5%-95% of the records):")
+    print(f"  bare kafka-python:       {bare_steady:12,.0f} records/s")
+    print(f"  bare confluent-kafka:    {confluent_steady:12,.0f} records/s")
+    print(f"  anomaly-worker:          {worker_steady:12,.0f} records/s")
+    print(f"  worker / bare kafka-py:  {worker_steady / bare_steady:12.2f}")
+    print(f"  worker / bare confluent: {worker_steady / confluent_steady:12.2f}")
     print(f"ratio worker / tuned bare: {worker_rate / bare_gc_rate:12.2f}")
     print(
         f"latency at {args.offered_rate:,.0f} records/s offered: p50 {p50 * 1000:.0f} ms, "
@@ -149,6 +162,42 @@ def main() -> int:
     print(f"worker peak RSS:           {rss:12.0f} MiB")
     print(f"worker exit code:          {code:12d}")
     return 0
+
+
+def steady_rate(timeline: list[tuple[float, int]], n: int) -> float:
+    """Records/s between the moments 5% and 95% of ``n`` had been counted (steady state)."""
+    low = next((t, c) for t, c in timeline if c >= 0.05 * n)
+    high = next((t, c) for t, c in timeline if c >= 0.95 * n)
+    return (high[1] - low[1]) / (high[0] - low[0])
+
+
+def bare_confluent(bootstrap: str, topic: str, group: str, n: int) -> tuple[float, float]:
+    """A bare confluent-kafka (librdkafka) consumer drain: (first-to-last rate, steady rate)."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+        }
+    )
+    consumer.subscribe([topic])
+    count, first, timeline = 0, None, []
+    deadline = time.monotonic() + 300
+    while count < n and time.monotonic() < deadline:
+        messages = consumer.consume(num_messages=10_000, timeout=0.1)
+        good = sum(1 for m in messages if m.error() is None)
+        if good and first is None:
+            first = time.perf_counter()
+        count += good
+        timeline.append((time.perf_counter(), count))
+    last = time.perf_counter()
+    consumer.close()
+    assert count >= n and first is not None
+    return n / (last - first), steady_rate(timeline, n)
 
 
 def fill(
@@ -182,11 +231,13 @@ def fill(
     return ends
 
 
-def bare_consume(settings: WorkerSettings, topic: str, n: int) -> float:
+def bare_consume(settings: WorkerSettings, topic: str, n: int) -> tuple[float, float]:
+    """A bare kafka-python drain with the worker's settings: (first-to-last, steady) rates."""
     consumer = KafkaConsumer(**consumer_config(settings))
     consumer.subscribe([topic])
     cpu_before = cpu_seconds(os.getpid())
     count, first, last = 0, None, None
+    timeline: list[tuple[float, int]] = []
     deadline = time.monotonic() + 300
     while count < n and time.monotonic() < deadline:
         polled = consumer.poll(timeout_ms=100, max_records=settings.batch_max_records)
@@ -195,11 +246,12 @@ def bare_consume(settings: WorkerSettings, topic: str, n: int) -> float:
                 first = time.perf_counter()
             count += len(records)
         last = time.perf_counter()
+        timeline.append((last, count))
     cpu = cpu_seconds(os.getpid()) - cpu_before
     consumer.close(autocommit=False)
     assert count >= n and first is not None and last is not None
     print(f"bare consumer CPU: {cpu / (last - first):.0%} of one core (join included)", flush=True)
-    return n / (last - first)
+    return n / (last - first), steady_rate(timeline, n)
 
 
 def scrape(port: int, name: str) -> float:
@@ -215,14 +267,22 @@ def scrape(port: int, name: str) -> float:
 
 def worker_drain(
     port: int, bootstrap: str, group: str, topic: str, ends: dict[int, int], pid: int
-) -> tuple[float, float]:
-    """Records/s from the first record consumed to the last committed, and CPU share meanwhile."""
+) -> tuple[float, float, float]:
+    """Records/s from the first record consumed to the last committed, CPU share meanwhile,
+    and the steady-state rate (5%-95% of the records consumed, scraped every 20 ms)."""
     deadline = time.monotonic() + 600
     while scrape(port, "anomaly_records_consumed_total") == 0:
         assert time.monotonic() < deadline, "the worker consumed nothing"
         time.sleep(0.01)
     first = time.perf_counter()
     cpu_first = cpu_seconds(pid)
+    n = sum(ends.values())
+    timeline: list[tuple[float, int]] = []
+    while (consumed := scrape(port, "anomaly_records_consumed_total")) < n:
+        timeline.append((time.perf_counter(), int(consumed)))
+        assert time.monotonic() < deadline, f"consumed only {consumed} of {n}"
+        time.sleep(0.02)
+    timeline.append((time.perf_counter(), int(consumed)))
     probe = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     partitions = [TopicPartition(topic, p) for p in ends]
     while True:
@@ -234,7 +294,7 @@ def worker_drain(
     elapsed = time.perf_counter() - first
     cpu_share = (cpu_seconds(pid) - cpu_first) / elapsed
     probe.close(autocommit=False)
-    return sum(ends.values()) / elapsed, cpu_share
+    return n / elapsed, cpu_share, steady_rate(timeline, n)
 
 
 def offered_load(bootstrap, topic, alerts, rate, seconds, rng):  # type: ignore[no-untyped-def]
