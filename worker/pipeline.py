@@ -64,6 +64,8 @@ POLL_SLICE_SECONDS = 0.1  # longest single poll, so a stop request is seen quick
 UNDECODABLE = (CorruptRecordError, UnsupportedCodecError)
 #: How long a commit may block before it is left for the next commit point.
 COMMIT_TIMEOUT_MS = 10_000
+#: At most one log line per dead-letter reason per this many seconds.
+DEAD_LETTER_LOG_SECONDS = 10.0
 #: Longest wait for the producer at an interval commit; what is not flushed waits for the next.
 FLUSH_SLICE_SECONDS = 5.0
 #: Longest skip when stepping past an undecodable batch, in offsets.
@@ -145,6 +147,7 @@ class Pipeline:
         self._trouble_since = 0.0
         self._backoff = 0.0
         self._max_output_bytes = config.max_record_bytes
+        self._dead_letter_log: dict[str, tuple[float, int]] = {}  # reason -> (logged at, held)
 
     # --- the loop -------------------------------------------------------------------
     def subscribe(self, listener: Any) -> None:
@@ -426,7 +429,16 @@ class Pipeline:
         letter = build_dead_letter(message, reason, detail, self._max_output_bytes)
         self._send(self.config.dlq_topic, letter, where(message))
         self.metrics.records_invalid.labels(reason=reason).inc()
-        logger.warning("dead letter %s: %s (%s)", where(message), reason, detail)
+        # One line per reason per interval (a 1% malformed rate at 100k records/s would
+        # otherwise log 1,000 lines a second); the metric counts every one.
+        now = self._clock()
+        last, held = self._dead_letter_log.get(reason, (float("-inf"), 0))
+        if now - last < DEAD_LETTER_LOG_SECONDS:
+            self._dead_letter_log[reason] = (last, held + 1)
+            return
+        self._dead_letter_log[reason] = (now, 0)
+        more = f"; {held} more {reason} since the last line" if held else ""
+        logger.warning("dead letter %s: %s (%s)%s", where(message), reason, detail, more)
 
     def _send(self, topic: str, letter: DeadLetter, source: str) -> None:
         # kafka-python cannot produce a record with neither key nor value (a key-less

@@ -309,3 +309,24 @@ def test_a_missing_output_topic_is_one_clear_error():
     require_topics(Producer(), ["alerts"])
     with pytest.raises(OutputTopicError, match="output topic 'gone' is missing or not writable"):
         require_topics(Producer(), ["alerts", "gone"])
+
+
+def test_dead_letters_log_one_line_per_reason_per_interval_and_count_every_one(tmp_path, caplog):
+    now = [0.0]
+    batch = {TopicPartition("in", 0): messages(0, [b"garbage"] * 100 + [record([1, 2, 3])])}
+    pipeline, _consumer, producer, _ = make_pipeline(tmp_path, [])
+    pipeline._clock = lambda: now[0]
+    pipeline.process(batch[TopicPartition("in", 0)])
+    lines = [r.getMessage() for r in caplog.records if "dead letter" in r.getMessage()]
+    assert len(lines) == 2  # one invalid_json, one wrong_feature_count
+    assert lines[0].startswith("dead letter in[0]@0: invalid_json")
+    assert len([s for s in producer.sent if s[0] == "dlq"]) == 101
+    registry = pipeline.metrics.registry
+    assert (
+        registry.get_sample_value("anomaly_records_invalid_total", {"reason": "invalid_json"})
+        == 100
+    )
+    now[0] = 11.0
+    pipeline.process(messages(0, [b"garbage"], start=200))
+    last = [r.getMessage() for r in caplog.records if "dead letter" in r.getMessage()][-1]
+    assert last.startswith("dead letter in[0]@200: invalid_json") and "99 more invalid_json" in last
