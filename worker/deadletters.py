@@ -32,11 +32,7 @@ class DeadLetter:
     @property
     def size(self) -> int:
         """Bytes of key, value and headers (what the producer's size limit counts, roughly)."""
-        return (
-            len(self.key or b"")
-            + len(self.value or b"")
-            + sum(len(k) + len(v) for k, v in self.headers)
-        )
+        return len(self.key or b"") + len(self.value or b"") + _headers_size(self.headers)
 
 
 def build_dead_letter(
@@ -53,13 +49,7 @@ def build_dead_letter(
     >>> cut.size <= 2000, headers["error.truncated"], headers["source.value.size"]
     (True, b'value', b'5000')
     """
-    headers = [
-        ("error.reason", reason.encode()),
-        ("error.detail", detail.encode("utf-8", "replace")[:DETAIL_MAX_BYTES]),
-        ("source.topic", message.topic.encode()),
-        ("source.partition", str(message.partition).encode()),
-        ("source.offset", str(message.offset).encode()),
-    ]
+    headers = _headers(reason, detail, message.topic, message.partition, message.offset)
     letter = DeadLetter(message.key, message.value, headers)
     if max_bytes is None or letter.size <= max_bytes:
         return letter
@@ -77,7 +67,7 @@ def _truncated(
         ("source.value.size", str(value_size).encode()),
         ("source.key.size", str(key_size).encode()),
     ]
-    room = max_bytes - sum(len(k) + len(v) for k, v in headers) - len(b"error.truncatedkey,value")
+    room = max_bytes - _headers_size(headers) - len(b"error.truncatedkey,value")
     if key is not None and key_size > room // 2:
         key = key[: room // 2]
         cut.insert(0, "key")
@@ -96,12 +86,22 @@ def build_skipped_letter(
     >>> h["source.offset"], h["source.offset.last"], h["error.reason"]
     (b'10', b'14', b'corrupt_batch')
     """
-    headers = [
+    headers = _headers(reason, detail, topic, partition, first_offset)
+    headers.append(("source.offset.last", str(last_offset).encode()))
+    return DeadLetter(None, None, headers)
+
+
+def _headers(
+    reason: str, detail: str, topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
+    return [
         ("error.reason", reason.encode()),
         ("error.detail", detail.encode("utf-8", "replace")[:DETAIL_MAX_BYTES]),
         ("source.topic", topic.encode()),
         ("source.partition", str(partition).encode()),
-        ("source.offset", str(first_offset).encode()),
-        ("source.offset.last", str(last_offset).encode()),
+        ("source.offset", str(offset).encode()),
     ]
-    return DeadLetter(None, None, headers)
+
+
+def _headers_size(headers: list[tuple[str, bytes]]) -> int:
+    return sum(len(k) + len(v) for k, v in headers)

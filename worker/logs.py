@@ -6,8 +6,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Hashable
 
-__all__ = ["JsonFormatter", "RepeatFilter", "configure_logging"]
+__all__ = ["JsonFormatter", "RepeatFilter", "Throttle", "configure_logging"]
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -29,6 +30,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class Throttle:
+    """Per key, let one event through per interval and count the ones held back.
+
+    >>> now = [0.0]
+    >>> throttle = Throttle(10, clock=lambda: now[0])
+    >>> throttle.allow("a"), throttle.allow("a"), throttle.allow("b")
+    (0, None, 0)
+    >>> now[0] = 11; throttle.allow("a")
+    1
+    """
+
+    def __init__(self, interval_seconds: float, clock: Callable[[], float] = time.monotonic):
+        self.interval_seconds, self._clock = interval_seconds, clock
+        self._last: dict[Hashable, tuple[float, int]] = {}
+
+    def allow(self, key: Hashable) -> int | None:
+        """None to hold the event back; else how many were held back since the last one."""
+        now = self._clock()
+        last, held = self._last.get(key, (float("-inf"), 0))
+        if now - last < self.interval_seconds:
+            self._last[key] = (last, held + 1)
+            return None
+        self._last[key] = (now, 0)
+        return held
+
+
 class RepeatFilter(logging.Filter):
     """Of the loggers under ``prefix``, let one record per message template through per interval.
 
@@ -38,25 +65,24 @@ class RepeatFilter(logging.Filter):
     """
 
     def __init__(
-        self, prefix: str = "kafka", interval_seconds: float = 30.0, clock=time.monotonic
+        self,
+        prefix: str = "kafka",
+        interval_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
         self.prefix = prefix
-        self.interval_seconds, self._clock = interval_seconds, clock
-        self._last: dict[tuple[str, object], tuple[float, int]] = {}
+        self._throttle = Throttle(interval_seconds, clock)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith(self.prefix):
             return True
-        key = (record.name, record.msg)
-        now = self._clock()
-        last, held = self._last.get(key, (float("-inf"), 0))
-        if now - last < self.interval_seconds:
-            self._last[key] = (last, held + 1)
+        held = self._throttle.allow((record.name, record.msg))
+        if held is None:
             return False
-        self._last[key] = (now, 0)
         if held:
-            record.msg = f"{record.msg} [{held} like this in the last {self.interval_seconds:.0f}s]"
+            seconds = self._throttle.interval_seconds
+            record.msg = f"{record.msg} [{held} like this in the last {seconds:.0f}s]"
         return True
 
 

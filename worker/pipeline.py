@@ -47,6 +47,7 @@ from worker.batching import BatchWindow
 from worker.deadletters import DeadLetter, build_dead_letter, build_skipped_letter
 from worker.exceptions import DeliveryError, UndecodableBatchError
 from worker.health import HealthState
+from worker.logs import Throttle
 from worker.messages import SourceMessage
 from worker.metrics import WorkerMetrics
 from worker.offsets import OffsetTracker, Partition
@@ -146,8 +147,7 @@ class Pipeline:
         self._trouble: str | None = None  # what is wrong with the broker link, while it lasts
         self._trouble_since = 0.0
         self._backoff = 0.0
-        self._max_output_bytes = config.max_record_bytes
-        self._dead_letter_log: dict[str, tuple[float, int]] = {}  # reason -> (logged at, held)
+        self._dead_letter_log = Throttle(DEAD_LETTER_LOG_SECONDS, lambda: self._clock())
 
     # --- the loop -------------------------------------------------------------------
     def subscribe(self, listener: Any) -> None:
@@ -279,7 +279,7 @@ class Pipeline:
 
     def _link_ok(self) -> None:
         if self._trouble is not None:
-            logger.info("broker reachable again after %.1fs", self._clock() - self._trouble_since)
+            logger.info("broker reachable again after %.1fs", self._since_trouble())
         self._trouble = None
         self._backoff = 0.0
 
@@ -298,14 +298,13 @@ class Pipeline:
         reason = f"{type(exc).__name__}: {exc}"
         located = self._locate_undecodable(exc)
         topic, partition, offset = located if located else (self.config.input_topic, -1, -1)
+        self._process_pending()  # what came before the batch
         if self.config.on_undecodable_batch != "skip" or located is None:
-            # Stop cleanly: what came before the batch is processed and committed, so a
-            # restart (after the batch is dealt with) resumes exactly at it.
-            self._process_pending()
+            # Stop cleanly: with that committed, a restart (after the batch is dealt with)
+            # resumes exactly at the batch.
             self.commit(final=True)
             raise UndecodableBatchError(topic, partition, offset, reason) from exc
         tp = TopicPartition(topic, partition)
-        self._process_pending()
         with closing(self._probe_factory()) as probe:
             resume = self._first_decodable(probe, tp, offset)
         self.consumer.seek(tp, resume)
@@ -413,7 +412,7 @@ class Pipeline:
         )
         sent = 0
         for alert, source in zip(alerts, sources, strict=True):
-            if len(alert.key) + len(alert.value) > self._max_output_bytes:
+            if len(alert.key) + len(alert.value) > self.config.max_record_bytes:
                 # A huge id or entity: the alert cannot be produced, its record is dead-lettered.
                 size = len(alert.key) + len(alert.value)
                 self._dead_letter(source, "alert_too_large", f"the alert would be {size} bytes")
@@ -426,17 +425,14 @@ class Pipeline:
         self.metrics.alerts.inc(sent)
 
     def _dead_letter(self, message: SourceMessage, reason: str, detail: str) -> None:
-        letter = build_dead_letter(message, reason, detail, self._max_output_bytes)
+        letter = build_dead_letter(message, reason, detail, self.config.max_record_bytes)
         self._send(self.config.dlq_topic, letter, where(message))
         self.metrics.records_invalid.labels(reason=reason).inc()
         # One line per reason per interval (a 1% malformed rate at 100k records/s would
         # otherwise log 1,000 lines a second); the metric counts every one.
-        now = self._clock()
-        last, held = self._dead_letter_log.get(reason, (float("-inf"), 0))
-        if now - last < DEAD_LETTER_LOG_SECONDS:
-            self._dead_letter_log[reason] = (last, held + 1)
+        held = self._dead_letter_log.allow(reason)
+        if held is None:
             return
-        self._dead_letter_log[reason] = (now, 0)
         more = f"; {held} more {reason} since the last line" if held else ""
         logger.warning("dead letter %s: %s (%s)%s", where(message), reason, detail, more)
 
