@@ -28,7 +28,10 @@ COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY training ./training
 COPY demo ./demo
-RUN pip install .
+# The project itself, with the librdkafka transport (ANOMALY_KAFKA_CLIENT=confluent);
+# its dependency ranges live in pyproject.toml.
+# hadolint ignore=DL3013
+RUN pip install ".[confluent]"
 
 FROM ${PYTHON_IMAGE}
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin app \

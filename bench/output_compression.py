@@ -24,10 +24,10 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from demo.broker import LocalBroker
 from worker.alerts import AlertContext, build_alerts
-from worker.kafka_io import producer_config
 from worker.messages import Message
 from worker.records import Record
 from worker.settings import WorkerSettings
+from worker.transport_kafka_python import producer_config
 
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 D = 8

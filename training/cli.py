@@ -30,11 +30,11 @@ from training.kafka_window import alerted_ids, infer_feature_names, normal_traff
 from training.promotion import GateConfig, promote, prune, register, retain, rollback
 from training.report import write_report
 from worker.exceptions import BundleError
-from worker.kafka_io import client_config
 from worker.logs import configure_logging
 from worker.registry import Registry
 from worker.scoring import Scorer
 from worker.settings import WorkerSettings, describe_validation_error
+from worker.transport_kafka_python import client_config
 
 logger = logging.getLogger("training")
 

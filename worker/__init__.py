@@ -2,8 +2,11 @@
 
 The data flow, one module per step::
 
-    settings -> consumer (kafka_io) -> batching -> records (decode) -> scoring
+    settings -> consumer (transport) -> batching -> records (decode) -> scoring
              -> threshold -> alerts / deadletters (produce) -> offsets (commit)
+
+``transport`` is the interface the pipeline sees; ``transport_kafka_python`` (the
+default) and ``transport_confluent`` (librdkafka) implement it.
 
 with ``metrics`` and ``health`` on the side and ``pipeline`` tying the steps
 together. ``bundle`` is the on-disk contract with ``training``.

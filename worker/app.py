@@ -10,23 +10,13 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+from collections.abc import Callable
 from contextlib import ExitStack
 
-from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from worker.exceptions import WorkerError
 from worker.health import HealthServer, HealthState
-from worker.kafka_io import (
-    RebalanceListener,
-    check_tls,
-    connect_with_backoff,
-    group_link_age,
-    make_consumer,
-    make_probe_consumer,
-    make_producer,
-    require_topics,
-)
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Pipeline, PipelineConfig
 from worker.registry import resolve_bundle
@@ -34,10 +24,25 @@ from worker.reload import ModelWatcher
 from worker.scoring import Scorer
 from worker.settings import WorkerSettings
 from worker.threshold import Threshold
+from worker.tls import check_tls
+from worker.transport import Consumer, Producer, connect_with_backoff
 
 __all__ = ["pipeline_config", "run_worker"]
 
 logger = logging.getLogger(__name__)
+
+
+def transport(
+    settings: WorkerSettings,
+) -> tuple[Callable[[WorkerSettings, float], Consumer], Callable[[WorkerSettings], Producer]]:
+    """The consumer and producer classes of ``ANOMALY_KAFKA_CLIENT``."""
+    if settings.kafka_client == "confluent":
+        from worker.transport_confluent import ConfluentConsumer, ConfluentProducer
+
+        return ConfluentConsumer, ConfluentProducer
+    from worker.transport_kafka_python import KafkaPythonConsumer, KafkaPythonProducer
+
+    return KafkaPythonConsumer, KafkaPythonProducer
 
 
 def pipeline_config(settings: WorkerSettings) -> PipelineConfig:
@@ -109,27 +114,31 @@ def run_worker(
         metrics.set_model(meta.version, threshold.value, meta.calibration.expected_alert_rate)
 
         health.set_ready(False, "connecting to Kafka")
+        consumer_class, producer_class = transport(settings)
         check_tls(settings)
         backoff = settings.connect_backoff_max_seconds
         # Closing order (the stack unwinds last-in first-out): the consumer closes
         # before the producer, so its close-time rebalance listener never meets a
         # closed producer.
         producer = connect_with_backoff(
-            lambda: make_producer(settings), stop, "producer", backoff, health.beat
+            lambda: producer_class(settings), stop, "producer", backoff, health.beat
         )
         if producer is None:
             return
-        stack.callback(producer.close, timeout=settings.shutdown_timeout_seconds)
-        require_topics(producer, [settings.alert_topic, settings.dlq_topic])
+        stack.callback(producer.close, settings.shutdown_timeout_seconds)
+        for topic in (settings.alert_topic, settings.dlq_topic):
+            producer.check_topic(topic)
+        commit_timeout = settings.shutdown_timeout_seconds
         consumer = connect_with_backoff(
-            lambda: make_consumer(settings), stop, "consumer", backoff, health.beat
+            lambda: consumer_class(settings, commit_timeout), stop, "consumer", backoff, health.beat
         )
         if consumer is None:
             return
-        stack.callback(consumer.close, autocommit=False)
+        stack.callback(consumer.close)
         logger.info(
-            "connected to %s; consuming %s as group %s",
+            "connected to %s with %s; consuming %s as group %s",
             settings.bootstrap_servers,
+            settings.kafka_client,
             settings.input_topic,
             settings.group_id,
         )
@@ -156,11 +165,8 @@ def run_worker(
             metrics,
             health,
             watcher=watcher,
-            link_age=lambda: group_link_age(consumer),
-            probe_factory=lambda: make_probe_consumer(settings),
         )
-        commit_timeout_ms = int(settings.shutdown_timeout_seconds * 1000)
-        pipeline.subscribe(RebalanceListener(pipeline, consumer, commit_timeout_ms))
+        pipeline.subscribe()
         tune_garbage_collector()
         try:
             pipeline.run(stop, max_seconds=max_seconds)
@@ -175,7 +181,7 @@ def run_worker(
 
 def log_fatal(exc: BaseException) -> None:
     """One line for the known fatal errors; a traceback for anything unexpected."""
-    if isinstance(exc, WorkerError | KafkaError):
+    if isinstance(exc, WorkerError):
         logger.error("stopping: %s: %s", type(exc).__name__, exc)
     else:
         logger.exception("stopping on an unexpected error; uncommitted records will be read again")

@@ -24,23 +24,13 @@ commit point. A record batch the client cannot decode stops the worker
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from kafka import TopicPartition
-from kafka.errors import (
-    CommitFailedError,
-    CorruptRecordError,
-    KafkaError,
-    UnsupportedCodecError,
-)
-from kafka.structs import OffsetAndMetadata
 
 from worker.alerts import AlertContext, build_alerts
 from worker.batching import BatchWindow
@@ -55,16 +45,23 @@ from worker.records import DecodedBatch, FeatureSchema, decode_batch
 from worker.reload import ModelWatcher
 from worker.scoring import Scorer
 from worker.threshold import Threshold
+from worker.transport import (
+    Chunk,
+    CommitRejected,
+    Consumer,
+    Producer,
+    TransientError,
+    TransportError,
+    UndecodableError,
+)
 
 __all__ = ["Pipeline", "PipelineConfig"]
 
 logger = logging.getLogger(__name__)
 
 POLL_SLICE_SECONDS = 0.1  # longest single poll, so a stop request is seen quickly
-#: Errors the Kafka client raises for a record batch it cannot decode.
-UNDECODABLE = (CorruptRecordError, UnsupportedCodecError)
 #: How long a commit may block before it is left for the next commit point.
-COMMIT_TIMEOUT_MS = 10_000
+COMMIT_TIMEOUT_SECONDS = 10.0
 #: At most one log line per dead-letter reason per this many seconds.
 DEAD_LETTER_LOG_SECONDS = 10.0
 #: Longest wait for the producer at an interval commit; what is not flushed waits for the next.
@@ -73,11 +70,6 @@ FLUSH_SLICE_SECONDS = 5.0
 MAX_SKIP_OFFSETS = 100_000
 #: How long a probe waits for a fetch before taking an offset as readable.
 PROBE_SECONDS = 5.0
-#: Where kafka-python's checksum errors say the batch is.
-_BATCH_AT = re.compile(
-    r"partition TopicPartition\(topic='(?P<topic>[^']+)', partition=(?P<partition>\d+)\)"
-    r" at offset (?P<offset>\d+)"
-)
 
 
 @dataclass(frozen=True)
@@ -101,27 +93,20 @@ def where(message: SourceMessage) -> str:
     return f"{message.topic}[{message.partition}]@{message.offset}"
 
 
-def is_transient(exc: BaseException) -> bool:
-    """A broker or network fault the client recovers from by itself, given time."""
-    return isinstance(exc, CommitFailedError) or bool(getattr(exc, "retriable", False))
-
-
 class Pipeline:
     """Consumes, scores and produces until told to stop; owns the commit protocol."""
 
     def __init__(
         self,
         config: PipelineConfig,
-        consumer: Any,
-        producer: Any,
+        consumer: Consumer,
+        producer: Producer,
         scorer: Scorer,
         threshold: Threshold,
         metrics: WorkerMetrics,
         health: HealthState,
         clock: Callable[[], float] = time.monotonic,
         watcher: ModelWatcher | None = None,
-        link_age: Callable[[], float | None] = lambda: None,
-        probe_factory: Callable[[], Any] | None = None,
     ) -> None:
         self.config = config
         self.consumer, self.producer = consumer, producer
@@ -130,11 +115,10 @@ class Pipeline:
         self.metrics, self.health = metrics, health
         self.watcher = watcher
         self._clock = clock
-        self._link_age = link_age
-        #: A consumer outside the group, to read a stuck partition without disturbing the group.
-        self._probe_factory = probe_factory or _no_probe
         self._window = BatchWindow(config.batch_max_records, config.batch_max_wait_seconds, clock)
-        self._pending: list[SourceMessage] = []
+        # The micro-batch being filled: the client's records, their values, last offsets.
+        self._pending: list[Any] = []
+        self._pending_values: list[bytes | None] = []
         self._pending_last: dict[Partition, int] = {}
         self._offsets = OffsetTracker()
         self._assigned: set[Partition] = set()
@@ -150,12 +134,10 @@ class Pipeline:
         self._dead_letter_log = Throttle(DEAD_LETTER_LOG_SECONDS, lambda: self._clock())
 
     # --- the loop -------------------------------------------------------------------
-    def subscribe(self, listener: Any) -> None:
-        """Subscribe; ``listener`` adapts the client's rebalance callbacks.
-
-        It calls :meth:`prepare_revoke`, :meth:`revoked`, :meth:`lost` and :meth:`on_assigned`.
-        """
-        self.consumer.subscribe([self.config.input_topic], listener=listener)
+    def subscribe(self) -> None:
+        """Subscribe; the transport calls :meth:`prepare_revoke`, :meth:`committed`,
+        :meth:`revoked`, :meth:`lost` and :meth:`on_assigned` as partitions move."""
+        self.consumer.subscribe(self.config.input_topic, self)
 
     def run(self, stop: threading.Event, max_seconds: float | None = None) -> None:
         """Process until ``stop`` is set (or ``max_seconds`` pass), then drain and commit."""
@@ -181,27 +163,36 @@ class Pipeline:
     def abandon(self) -> None:
         """After a fatal error: drop the batch in hand, never commit again (not even on close)."""
         self._broken = True
-        self._pending, self._pending_last = [], {}
+        self._take_pending()
 
-    def _poll(self, timeout_ms: int, max_records: int) -> dict[Any, list[SourceMessage]]:
+    def _take_pending(self) -> tuple[list[Any], list[bytes | None], dict[Partition, int]]:
+        taken = self._pending, self._pending_values, self._pending_last
+        self._pending, self._pending_values, self._pending_last = [], [], {}
+        self._window.reset()
+        return taken
+
+    def add(self, chunk: Chunk) -> None:
+        """Add polled records to the micro-batch being filled."""
+        self._pending.extend(chunk.messages)
+        self._pending_values.extend(chunk.values)
+        self._pending_last.update(chunk.last)
+        self._window.add(len(chunk.values))
+
+    def _poll(self, timeout: float, max_records: int) -> Chunk | None:
         try:
-            polled: dict[Any, list[SourceMessage]] = self.consumer.poll(
-                timeout_ms=timeout_ms, max_records=max_records
-            )
-        except UNDECODABLE as exc:
+            chunk = self.consumer.poll(timeout, max_records)
+        except UndecodableError as exc:
             self._raise_listener_error()
             self._undecodable(exc)
-            return {}
-        except KafkaError as exc:
+            return None
+        except TransientError as exc:
             self._raise_listener_error()
-            if not is_transient(exc):
-                raise
-            self._link_trouble(f"poll: {type(exc).__name__}: {exc}")
-            return {}
+            self._link_trouble(str(exc))
+            return None
         self._raise_listener_error()
-        if polled and self._link_age() is None:
+        if chunk is not None and self.consumer.link_age() is None:
             self._link_ok()  # no heartbeat signal from this client: records are the best sign
-        return polled
+        return chunk
 
     def _raise_listener_error(self) -> None:
         if self._listener_error is not None:
@@ -221,13 +212,10 @@ class Pipeline:
         window = self._window
         while not stop.is_set():
             wait = 0.0 if window.count else min(window.remaining_seconds(), POLL_SLICE_SECONDS)
-            polled = self._poll(int(wait * 1000), window.room)
-            for tp, messages in polled.items():
-                self._pending.extend(messages)
-                self._pending_last[(tp.topic, tp.partition)] = messages[-1].offset
-                window.add(len(messages))
-            if not polled:
+            chunk = self._poll(wait, window.room)
+            if chunk is None:
                 return window.count == 0  # caught up, or the buffer is drained mid-stream
+            self.add(chunk)
             if window.ready():
                 return False
         return False
@@ -239,10 +227,8 @@ class Pipeline:
             self._maybe_swap_model()
         if not self._pending:
             return
-        messages, last = self._pending, self._pending_last
-        self._pending, self._pending_last = [], {}
-        self._window.reset()
-        self.process(messages)
+        messages, values, last = self._take_pending()
+        self.process(messages, values)
         for partition, offset in last.items():
             self._offsets.mark(partition, offset)
 
@@ -284,7 +270,7 @@ class Pipeline:
         self._backoff = 0.0
 
     def _update_readiness(self) -> None:
-        age = self._link_age() if self._assigned else None
+        age = self.consumer.link_age() if self._assigned else None
         if age is not None and age > self.config.link_stale_seconds:
             self._link_trouble(f"no heartbeat answer from the group coordinator for {age:.0f}s")
         elif self._trouble is not None and age is not None and age < self._since_trouble():
@@ -293,9 +279,9 @@ class Pipeline:
             self.health.set_ready(True, "ok")
 
     # --- undecodable batches --------------------------------------------------------------
-    def _undecodable(self, exc: BaseException) -> None:
+    def _undecodable(self, exc: UndecodableError) -> None:
         """The client cannot decode a batch: stop naming it, or step past it and dead-letter it."""
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = exc.reason
         located = self._locate_undecodable(exc)
         topic, partition, offset = located if located else (self.config.input_topic, -1, -1)
         self._process_pending()  # what came before the batch
@@ -304,10 +290,8 @@ class Pipeline:
             # resumes exactly at the batch.
             self.commit(final=True)
             raise UndecodableBatchError(topic, partition, offset, reason) from exc
-        tp = TopicPartition(topic, partition)
-        with closing(self._probe_factory()) as probe:
-            resume = self._first_decodable(probe, tp, offset)
-        self.consumer.seek(tp, resume)
+        resume = self._first_decodable((topic, partition), offset)
+        self.consumer.seek((topic, partition), resume)
         letter = build_skipped_letter(topic, partition, offset, resume - 1, "undecodable", reason)
         self._send(self.config.dlq_topic, letter, f"{topic}[{partition}]@{offset}")
         self.metrics.records_skipped.labels(reason="undecodable").inc(resume - offset)
@@ -322,55 +306,42 @@ class Pipeline:
             reason,
         )
 
-    def _locate_undecodable(self, exc: BaseException) -> tuple[str, int, int] | None:
+    def _locate_undecodable(self, exc: UndecodableError) -> tuple[str, int, int] | None:
         """Which partition is stuck, at which offset: from the error, else by probing each."""
-        named = _BATCH_AT.search(str(exc))
-        if named:
-            return named["topic"], int(named["partition"]), int(named["offset"])
-        with closing(self._probe_factory()) as probe:
-            for tp in sorted(self.consumer.assignment()):
-                position = int(self.consumer.position(tp))
-                if self._probe_fails(probe, tp, position):
-                    return tp.topic, tp.partition, position
+        if exc.partition is not None and exc.offset is not None:
+            return exc.partition[0], exc.partition[1], exc.offset
+        for partition in sorted(self.consumer.assignment()):
+            position = self.consumer.position(partition)
+            if self.consumer.probe_fails(partition, position, PROBE_SECONDS):
+                return partition[0], partition[1], position
         return None
 
-    def _first_decodable(self, probe: Any, tp: Any, offset: int) -> int:
-        """The first offset after ``offset`` from which ``tp`` reads again (a bounded scan)."""
-        high = self.consumer.highwater(tp)
+    def _first_decodable(self, partition: Partition, offset: int) -> int:
+        """The first offset after ``offset`` from which ``partition`` reads again (bounded)."""
+        high = self.consumer.highwater(partition)
         candidate = offset + 1
         while candidate - offset < MAX_SKIP_OFFSETS:
             if high is not None and candidate >= high:
                 break
-            if not self._probe_fails(probe, tp, candidate):
+            if not self.consumer.probe_fails(partition, candidate, PROBE_SECONDS):
                 break
             candidate += 1
         return candidate
 
-    def _probe_fails(self, probe: Any, tp: Any, offset: int) -> bool:
-        """Whether reading ``tp`` from ``offset`` fails to decode (a consumer outside the group)."""
-        probe.assign([tp])
-        probe.seek(tp, offset)
-        deadline = self._clock() + PROBE_SECONDS
-        while self._clock() < deadline:
-            try:
-                if probe.poll(timeout_ms=200, max_records=1):
-                    return False
-            except UNDECODABLE:
-                return True
-        return False
-
     # --- one batch --------------------------------------------------------------------
-    def process(self, messages: Sequence[SourceMessage]) -> None:
-        """Decode, score and produce the outputs of one batch (offsets are the caller's)."""
+    def process(self, messages: Sequence[Any], values: Sequence[bytes | None]) -> None:
+        """Decode, score and produce the outputs of one batch (offsets are the caller's).
+
+        ``messages`` are the client's records, ``values`` their values.
+        """
         started = time.perf_counter()
         m = self.metrics
-        m.records_consumed.inc(len(messages))
-        m.batch_size.observe(len(messages))
-        decoded = decode_batch(
-            [msg.value for msg in messages], self.schema, self.config.max_record_bytes
-        )
+        m.records_consumed.inc(len(values))
+        m.batch_size.observe(len(values))
+        decoded = decode_batch(values, self.schema, self.config.max_record_bytes)
+        source = self.consumer.source
         for bad in decoded.invalid:
-            self._dead_letter(messages[bad.position], bad.reason, bad.detail)
+            self._dead_letter(source(messages[bad.position]), bad.reason, bad.detail)
         if len(decoded.positions):
             t0 = time.perf_counter()
             scored = self.scorer.score(decoded.features)
@@ -386,7 +357,7 @@ class Pipeline:
 
     def _alert(
         self,
-        messages: Sequence[SourceMessage],
+        messages: Sequence[Any],
         decoded: DecodedBatch,
         rows: np.ndarray,
         scores: np.ndarray,
@@ -400,7 +371,8 @@ class Pipeline:
             top_features=self.config.top_features,
             detected_at=time.time(),
         )
-        sources = [messages[int(decoded.positions[r])] for r in rows]
+        to_source = self.consumer.source
+        sources = [to_source(messages[int(decoded.positions[r])]) for r in rows]
         alerts = build_alerts(
             context,
             [decoded.records[r] for r in rows],
@@ -417,9 +389,13 @@ class Pipeline:
                 size = len(alert.key) + len(alert.value)
                 self._dead_letter(source, "alert_too_large", f"the alert would be {size} bytes")
                 continue
-            future = self.producer.send(self.config.alert_topic, key=alert.key, value=alert.value)
-            future.add_callback(self._alert_acked, alert.event_ts)
-            future.add_errback(self._delivery_failed, where(source))
+            self.producer.send(
+                self.config.alert_topic,
+                alert.key,
+                alert.value,
+                None,
+                self._on_alert_delivery(alert.event_ts, source),
+            )
             sent += 1
             logger.debug("alert for %s", where(source))
         self.metrics.alerts.inc(sent)
@@ -440,11 +416,23 @@ class Pipeline:
         # kafka-python cannot produce a record with neither key nor value (a key-less
         # tombstone, a skipped range): such a dead letter gets an empty value.
         value = b"" if letter.key is None and letter.value is None else letter.value
-        future = self.producer.send(topic, key=letter.key, value=value, headers=letter.headers)
-        future.add_errback(self._delivery_failed, source)
 
-    def _alert_acked(self, event_ts: float, _metadata: object) -> None:
-        self.metrics.end_to_end_latency.observe(max(time.time() - event_ts, 0.0))
+        def delivered(error: BaseException | None) -> None:
+            if error is not None:
+                self._delivery_failed(source, error)
+
+        self.producer.send(topic, letter.key, value, letter.headers, delivered)
+
+    def _on_alert_delivery(
+        self, event_ts: float, source: SourceMessage
+    ) -> Callable[[BaseException | None], None]:
+        def delivered(error: BaseException | None) -> None:
+            if error is None:
+                self.metrics.end_to_end_latency.observe(max(time.time() - event_ts, 0.0))
+            else:
+                self._delivery_failed(where(source), error)
+
+        return delivered
 
     def _delivery_failed(self, source: str, exc: BaseException) -> None:
         with self._failures_lock:
@@ -464,15 +452,15 @@ class Pipeline:
         if not offsets:
             return
         try:
-            self.consumer.commit(kafka_offsets(offsets), timeout_ms=COMMIT_TIMEOUT_MS)
-        except KafkaError as exc:
-            if final or not is_transient(exc):
+            self.consumer.commit(offsets, COMMIT_TIMEOUT_SECONDS)
+        except TransientError as exc:
+            if final:
                 raise
-            if isinstance(exc, CommitFailedError):
+            if isinstance(exc, CommitRejected):
                 # The group moved on without us; the new owner re-reads from the last commit.
                 logger.warning("commit refused by the group (outputs may repeat): %s", exc)
             else:
-                self._link_trouble(f"commit: {type(exc).__name__}: {exc}")
+                self._link_trouble(str(exc))
             return
         self.committed(offsets)
         self._link_ok()  # the broker answered
@@ -495,10 +483,10 @@ class Pipeline:
         self._raise_delivery_failures()  # an output already given up on: stop now
         timeout = self.config.flush_timeout_seconds
         try:
-            self.producer.flush(timeout=timeout if final else min(timeout, FLUSH_SLICE_SECONDS))
-        except KafkaError as exc:
-            if not final and is_transient(exc):
-                self._link_trouble(f"flush: {type(exc).__name__}: {exc}")
+            self.producer.flush(timeout if final else min(timeout, FLUSH_SLICE_SECONDS))
+        except TransportError as exc:
+            if not final and isinstance(exc, TransientError):
+                self._link_trouble(str(exc))
                 return {}
             self.abandon()
             raise DeliveryError(
@@ -526,9 +514,10 @@ class Pipeline:
     def prepare_revoke(self) -> dict[Partition, int]:
         """Before partitions move: finish the batch in hand, flush; what to commit.
 
-        Runs on the Kafka client's IO thread (the main thread is blocked in poll
-        or close meanwhile); must not call blocking consumer methods. A failure
-        is kept and raised from the main loop after the poll returns.
+        kafka-python runs it on its IO thread (the main thread is blocked in poll
+        or close meanwhile), librdkafka inside poll on the main thread; either way
+        it must not call consumer methods. A failure is kept and raised from the
+        main loop after the poll returns.
         """
         if self._broken:
             return {}
@@ -552,11 +541,18 @@ class Pipeline:
 
     def lost(self, lost: set[Partition]) -> None:
         """The group evicted us (e.g. a network cut longer than the session): drop, no commit."""
-        self._pending = [m for m in self._pending if (m.topic, m.partition) not in lost]
-        for partition in lost:
-            self._pending_last.pop(partition, None)
-        self._window.reset()
-        self._window.add(len(self._pending))
+        messages, values, last = self._take_pending()
+        source = self.consumer.source
+        kept = [
+            i for i, m in enumerate(messages) if (source(m).topic, source(m).partition) not in lost
+        ]
+        self.add(
+            Chunk(
+                [messages[i] for i in kept],
+                [values[i] for i in kept],
+                {p: o for p, o in last.items() if p not in lost},
+            )
+        )
         self.revoked(lost)
         if lost:
             logger.warning(
@@ -571,19 +567,11 @@ class Pipeline:
         logger.info("partitions assigned: %s", sorted(assigned))
 
     def _update_lag(self) -> None:
-        for topic, partition in self._assigned:
-            high = self.consumer.highwater(TopicPartition(topic, partition))
-            position = self._offsets.position((topic, partition))
+        for partition in self._assigned:
+            high = self.consumer.highwater(partition)
+            position = self._offsets.position(partition)
             if high is not None and position is not None:
-                self.metrics.consumer_lag.labels(partition=str(partition)).set(
+                self.metrics.consumer_lag.labels(partition=str(partition[1])).set(
                     max(high - position, 0)
                 )
-                self._lag_labelled.add((topic, partition))
-
-
-def _no_probe() -> Any:
-    raise RuntimeError("no probe consumer configured")
-
-
-def kafka_offsets(offsets: dict[Partition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
-    return {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+                self._lag_labelled.add(partition)

@@ -6,6 +6,7 @@ else in the package reads ``os.environ``.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Literal
 
@@ -49,6 +50,8 @@ class WorkerSettings(BaseSettings):
     )
 
     # --- Kafka ---------------------------------------------------------------
+    kafka_client: Literal["kafka-python", "confluent"] = "kafka-python"
+    """`kafka-python` (pure Python) or `confluent` (librdkafka: the `[confluent]` extra, faster)."""
     bootstrap_servers: str = Field(DEFAULT_BOOTSTRAP_SERVERS, min_length=1)
     """Comma-separated ``host:port`` list of Kafka brokers."""
     input_topic: str = Field(DEFAULT_INPUT_TOPIC, min_length=1)
@@ -69,6 +72,8 @@ class WorkerSettings(BaseSettings):
     """How long the broker may hold a fetch waiting for data."""
     isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
     """`read_committed` never scores records of aborted (or still open) producer transactions."""
+    linger_seconds: float = Field(0.005, ge=0.0, le=1.0)
+    """How long the producer waits to fill a batch of outputs (adds to alert latency)."""
     output_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
     """Compression of the alerts and dead letters the worker produces."""
     max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=65_536)
@@ -163,6 +168,11 @@ class WorkerSettings(BaseSettings):
                 f"{ENV_PREFIX}MAX_RECORD_BYTES ({self.max_record_bytes}) must be at least "
                 f"{OUTPUT_HEADROOM_BYTES} below {ENV_PREFIX}MAX_REQUEST_BYTES "
                 f"({self.max_request_bytes}), so that a dead letter always fits a produce request"
+            )
+        if self.kafka_client == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
+            raise ValueError(
+                f"{ENV_PREFIX}KAFKA_CLIENT=confluent needs confluent-kafka: "
+                "pip install 'anomaly-worker[confluent]'"
             )
         if len({self.input_topic, self.alert_topic, self.dlq_topic}) < 3:
             raise ValueError(

@@ -15,6 +15,16 @@ from tests.integration.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
+#: The worker's Kafka transports (ANOMALY_KAFKA_CLIENT). A test runs on both with
+#: ``@pytest.mark.parametrize("kafka_client", CLIENTS, indirect=True)`` (or a module's
+#: ``pytestmark``); otherwise on the default.
+CLIENTS = ["kafka-python", "confluent"]
+
+
+@pytest.fixture
+def kafka_client(request) -> str:
+    return getattr(request, "param", "kafka-python")
+
 
 def _docker_engine_answers() -> bool:
     try:
@@ -57,11 +67,12 @@ def model(tmp_path):
 
 
 @pytest.fixture
-def start_worker(kafka_bootstrap, topics, model, tmp_path):
+def start_worker(kafka_bootstrap, topics, model, tmp_path, kafka_client):
     workers: list[WorkerProcess] = []
 
     def start(bootstrap: str | None = None, **env: str) -> WorkerProcess:
         log = tmp_path / f"worker-{len(workers)}.log"
+        env = {"ANOMALY_KAFKA_CLIENT": kafka_client, **env}
         worker = WorkerProcess(bootstrap or kafka_bootstrap, topics, model, log, **env).start()
         workers.append(worker)
         return worker

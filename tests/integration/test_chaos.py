@@ -15,6 +15,7 @@ import time
 import pytest
 
 from tests.helpers import record
+from tests.integration.conftest import CLIENTS
 from tests.integration.kafka_helpers import (
     create_topics,
     produce,
@@ -126,6 +127,7 @@ def serving(kafka_bootstrap, topics, start_worker, partitions: int, replicas: in
     return shared, env, workers
 
 
+@pytest.mark.parametrize("kafka_client", CLIENTS, indirect=True)
 def test_rebalance_storm_three_workers_six_partitions(kafka_bootstrap, topics, start_worker):
     shared, env, workers = serving(kafka_bootstrap, topics, start_worker, 6, 3)
     rng = random.Random(7)
@@ -157,6 +159,7 @@ def test_rebalance_storm_three_workers_six_partitions(kafka_bootstrap, topics, s
     print(f"storm: {traffic.sent} records, {changes} changes, {duplicates} duplicate alerts")
 
 
+@pytest.mark.parametrize("kafka_client", CLIENTS, indirect=True)
 def test_sigkills_at_random_moments_lose_nothing(kafka_bootstrap, topics, start_worker):
     shared, env, pool = serving(kafka_bootstrap, topics, start_worker, 4, 2)
     rng = random.Random(11)

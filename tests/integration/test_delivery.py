@@ -5,6 +5,7 @@ import json
 import pytest
 
 from tests.helpers import record
+from tests.integration.conftest import CLIENTS
 from tests.integration.kafka_helpers import (
     committed,
     create_topics,
@@ -14,7 +15,10 @@ from tests.integration.kafka_helpers import (
     wait_for,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.parametrize("kafka_client", CLIENTS, indirect=True),
+]
 
 
 def backlog(n, every=50, prefix="r"):

@@ -6,9 +6,13 @@ import random
 import pytest
 
 from tests.helpers import NAMES, record
+from tests.integration.conftest import CLIENTS
 from tests.integration.kafka_helpers import produce, read_topic, wait_committed
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.parametrize("kafka_client", CLIENTS, indirect=True),
+]
 
 MALFORMED = {
     b"not json at all": "invalid_json",

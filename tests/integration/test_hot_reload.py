@@ -8,11 +8,15 @@ from collections import defaultdict
 import pytest
 
 from tests.helpers import record, write_distance_bundle
+from tests.integration.conftest import CLIENTS
 from tests.integration.kafka_helpers import produce, read_topic, wait_committed, wait_for
 from worker.bundle import MODEL_FILE
 from worker.registry import Registry
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.parametrize("kafka_client", CLIENTS, indirect=True),
+]
 
 
 def test_switches_v1_to_v2_mid_stream_and_refuses_a_corrupt_candidate(

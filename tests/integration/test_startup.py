@@ -7,10 +7,14 @@ import pytest
 
 from demo.broker import free_port
 from tests.helpers import record
+from tests.integration.conftest import CLIENTS
 from tests.integration.kafka_helpers import produce, read_topic, wait_committed, wait_for
 from tests.integration.tcp_proxy import TcpProxy
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.parametrize("kafka_client", CLIENTS, indirect=True),
+]
 
 
 def test_worker_waits_for_a_broker_that_comes_up_later(kafka_bootstrap, topics, start_worker):

@@ -16,9 +16,13 @@ import pytest
 
 from demo.broker import LocalBroker, free_port, stop_process, wait_for_port
 from tests.helpers import record
+from tests.integration.conftest import CLIENTS
 from tests.integration.kafka_helpers import Topics, produce, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.parametrize("kafka_client", CLIENTS, indirect=True),
+]
 
 
 def openssl(*args: str, cwd: Path) -> None:

@@ -1,97 +1,88 @@
 """The commit protocol with scripted clients: outputs acknowledged before offsets are committed."""
 
-import asyncio
 import json
 import threading
 
 import pytest
-from kafka import TopicPartition
-from kafka.errors import KafkaTimeoutError
 
 from tests.helpers import record, write_distance_bundle
 from worker.exceptions import DeliveryError
 from worker.health import HealthState
-from worker.kafka_io import RebalanceListener
 from worker.messages import Message
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Pipeline, PipelineConfig
 from worker.scoring import Scorer
 from worker.threshold import Threshold
-
-
-class FakeFuture:
-    def __init__(self):
-        self.callbacks, self.errbacks = [], []
-
-    def add_callback(self, fn, *args):
-        self.callbacks.append((fn, args))
-
-    def add_errback(self, fn, *args):
-        self.errbacks.append((fn, args))
+from worker.transport import Chunk, TransientError, TransportError
 
 
 class FakeProducer:
+    """A transport producer whose deliveries are decided at flush."""
+
     def __init__(self, log):
         self.log, self.sent, self._pending = log, [], []
         self.fail_with = None
 
-    def send(self, topic, key=None, value=None, headers=None):
-        future = FakeFuture()
+    def send(self, topic, key, value, headers, on_delivery):
         self.sent.append((topic, key, value, headers))
-        self._pending.append(future)
-        return future
+        self._pending.append(on_delivery)
 
-    def flush(self, timeout=None):
+    def flush(self, timeout):
         self.log.append("flush")
-        for future in self._pending:
-            if self.fail_with is None:
-                for fn, args in future.callbacks:
-                    fn(*args, object())
-            else:
-                for fn, args in future.errbacks:
-                    fn(*args, self.fail_with)
+        for on_delivery in self._pending:
+            on_delivery(self.fail_with)
         self._pending = []
 
 
-class FakeCoordinator:
-    """kafka-python's coordinator as the rebalance listener uses it (on the IO thread)."""
-
-    def __init__(self, consumer):
-        self.consumer = consumer
-
-    async def _commit_offsets_sync_async(self, offsets, timeout_ms=None):
-        self.consumer.log.append("commit")
-        self.consumer.commits.append(
-            {(tp.topic, tp.partition): om.offset for tp, om in offsets.items()}
-        )
-
-
 class FakeConsumer:
+    """A transport consumer replaying scripted chunks."""
+
     def __init__(self, log, batches):
         self.log, self.batches = log, list(batches)
         self.commits = []
-        self.listener = None
-        self._coordinator = FakeCoordinator(self)
+        self.hooks = None
 
-    def subscribe(self, topics, listener=None):
-        self.listener = listener
-        asyncio.run(
-            listener.on_partitions_assigned({TopicPartition("in", 0), TopicPartition("in", 1)})
-        )
+    def subscribe(self, topic, hooks):
+        self.hooks = hooks
+        hooks.on_assigned({("in", 0), ("in", 1)})
 
-    def poll(self, timeout_ms=0, max_records=None):
-        return self.batches.pop(0) if self.batches else {}
+    def poll(self, timeout, max_records):
+        return self.batches.pop(0) if self.batches else None
 
-    def commit(self, offsets, timeout_ms=None):
+    def source(self, message):
+        return message
+
+    def commit(self, offsets, timeout):
         self.log.append("commit")
-        self.commits.append({(tp.topic, tp.partition): om.offset for tp, om in offsets.items()})
+        self.commits.append(dict(offsets))
 
-    def highwater(self, tp):
+    def highwater(self, partition):
         return 10
+
+    def link_age(self):
+        return None
+
+    def revoke(self, partitions):
+        """What both transports do when partitions move: hooks, commit, hooks."""
+        offsets = self.hooks.prepare_revoke()
+        if offsets:
+            self.commit(offsets, 5)
+            self.hooks.committed(offsets)
+        self.hooks.revoked(partitions)
 
 
 def messages(partition, values, start=0):
     return [Message("in", partition, start + i, 1_000, None, v) for i, v in enumerate(values)]
+
+
+def chunk(*parts):
+    """One poll's records: lists of messages, one per partition."""
+    records = [m for part in parts for m in part]
+    return Chunk(
+        records,
+        [m.value for m in records],
+        {(part[-1].topic, part[-1].partition): part[-1].offset for part in parts},
+    )
 
 
 def make_pipeline(tmp_path, batches, **config):
@@ -118,7 +109,7 @@ def make_pipeline(tmp_path, batches, **config):
         WorkerMetrics(),
         HealthState(60),
     )
-    pipeline.subscribe(RebalanceListener(pipeline, consumer, 5000))
+    pipeline.subscribe()
     return pipeline, consumer, producer, log
 
 
@@ -128,10 +119,10 @@ def run_once(pipeline):
 
 
 def test_scores_alerts_dead_letters_then_flushes_before_committing(tmp_path):
-    batch = {
-        TopicPartition("in", 0): messages(0, [record([0, 0, 0, 0]), record([5, 5, 5, 5], id="x")]),
-        TopicPartition("in", 1): messages(1, [b"garbage"], start=7),
-    }
+    batch = chunk(
+        messages(0, [record([0, 0, 0, 0]), record([5, 5, 5, 5], id="x")]),
+        messages(1, [b"garbage"], start=7),
+    )
     pipeline, consumer, producer, log = make_pipeline(tmp_path, [batch])
     run_once(pipeline)
 
@@ -156,15 +147,15 @@ def test_scores_alerts_dead_letters_then_flushes_before_committing(tmp_path):
 
 
 def test_an_unacknowledged_output_stops_before_any_commit(tmp_path):
-    batch = {TopicPartition("in", 0): messages(0, [record([9, 9, 9, 9])])}
+    batch = chunk(messages(0, [record([9, 9, 9, 9])]))
     pipeline, consumer, producer, _ = make_pipeline(tmp_path, [batch])
-    producer.fail_with = KafkaTimeoutError("no ack")
+    producer.fail_with = TransportError("no ack")
     with pytest.raises(DeliveryError, match="not acknowledged"):
         run_once(pipeline)
     assert consumer.commits == []
     # Closing the consumer afterwards revokes the partitions: still nothing may be committed.
     producer.fail_with = None
-    asyncio.run(consumer.listener.on_partitions_revoked({TopicPartition("in", 0)}))
+    consumer.revoke({("in", 0)})
     pipeline.commit()
     assert consumer.commits == []
 
@@ -172,33 +163,32 @@ def test_an_unacknowledged_output_stops_before_any_commit(tmp_path):
 def test_revocation_finishes_the_batch_in_hand_and_commits(tmp_path):
     pipeline, consumer, producer, log = make_pipeline(tmp_path, [], batch_max_wait_seconds=60)
     # Records polled into the batch, then a rebalance revokes the partition.
-    pipeline._pending.extend(messages(0, [record([5, 5, 5, 5])] * 3))
-    pipeline._pending_last[("in", 0)] = 2
-    asyncio.run(consumer.listener.on_partitions_revoked({TopicPartition("in", 0)}))
+    pipeline.add(chunk(messages(0, [record([5, 5, 5, 5])] * 3)))
+    consumer.revoke({("in", 0)})
     assert len(producer.sent) == 3
     assert log == ["flush", "commit"] and consumer.commits == [{("in", 0): 3}]
 
 
 class FlakyConsumer(FakeConsumer):
-    """Raises what kafka-python raises during a network cut, then recovers."""
+    """Raises what a transport raises during a network cut, then recovers."""
 
     def __init__(self, log, batches, failures):
         super().__init__(log, batches)
         self.failures = list(failures)
 
-    def poll(self, timeout_ms=0, max_records=None):
+    def poll(self, timeout, max_records):
         if self.failures:
             raise self.failures.pop(0)
-        return super().poll(timeout_ms, max_records)
+        return super().poll(timeout, max_records)
 
 
 def test_a_network_cut_while_polling_is_ridden_out_and_readiness_follows(tmp_path):
-    from kafka.errors import KafkaConnectionError, NodeNotReadyError
-
     pipeline, _consumer, producer, log = make_pipeline(tmp_path, [])
-    batch = {TopicPartition("in", 0): messages(0, [record([5, 5, 5, 5], id="after")])}
+    batch = chunk(messages(0, [record([5, 5, 5, 5], id="after")]))
     flaky = FlakyConsumer(
-        log, [batch], [KafkaConnectionError("socket disconnected"), NodeNotReadyError(1)]
+        log,
+        [batch],
+        [TransientError("poll: socket disconnected"), TransientError("poll: node not ready")],
     )
     pipeline.consumer = flaky
     seen = []
@@ -217,32 +207,29 @@ def test_a_network_cut_while_polling_is_ridden_out_and_readiness_follows(tmp_pat
 
 
 def test_a_fatal_error_abandons_the_batch_and_close_commits_nothing(tmp_path):
-    from kafka.errors import IllegalStateError
-
-    batch = {TopicPartition("in", 0): messages(0, [record([5, 5, 5, 5])] * 2)}
+    batch = chunk(messages(0, [record([5, 5, 5, 5])] * 2))
     pipeline, consumer, producer, log = make_pipeline(tmp_path, [batch], batch_max_records=1000)
-    consumer.poll = lambda timeout_ms=0, max_records=None: (_ for _ in ()).throw(
-        IllegalStateError("not transient")
+    consumer.poll = lambda timeout, max_records: (_ for _ in ()).throw(
+        TransportError("poll: IllegalStateError: not transient")
     )
-    pipeline._pending.extend(messages(0, [record([5, 5, 5, 5])] * 2))
-    pipeline._pending_last[("in", 0)] = 1
-    with pytest.raises(IllegalStateError):
+    pipeline.add(chunk(messages(0, [record([5, 5, 5, 5])] * 2)))
+    with pytest.raises(TransportError):
         run_once(pipeline)
-    # consumer.close() then runs the revoke listener on the IO thread: it must do nothing.
-    asyncio.run(consumer.listener.on_partitions_revoked({TopicPartition("in", 0)}))
+    # consumer.close() then runs the revoke hooks: they must do nothing.
+    consumer.revoke({("in", 0)})
     assert producer.sent == [] and consumer.commits == [] and "flush" not in log
 
 
 def test_a_flush_that_times_out_postpones_the_commit_instead_of_stopping(tmp_path):
-    batch = {TopicPartition("in", 0): messages(0, [record([5, 5, 5, 5])])}
+    batch = chunk(messages(0, [record([5, 5, 5, 5])]))
     pipeline, consumer, producer, _log = make_pipeline(tmp_path, [batch])
     real_flush = producer.flush
     calls = []
 
-    def flush(timeout=None):
+    def flush(timeout):
         calls.append(timeout)
         if len(calls) == 1:
-            raise KafkaTimeoutError("Timeout waiting for future")
+            raise TransientError("flush: 1 output(s) not acknowledged in 5s")
         real_flush(timeout)
 
     producer.flush = flush
@@ -252,13 +239,12 @@ def test_a_flush_that_times_out_postpones_the_commit_instead_of_stopping(tmp_pat
 
 
 def test_a_failure_inside_the_revoke_listener_is_raised_from_the_main_loop(tmp_path):
-    batch = {TopicPartition("in", 0): messages(0, [record([9, 9, 9, 9])])}
+    batch = chunk(messages(0, [record([9, 9, 9, 9])]))
     pipeline, consumer, producer, _ = make_pipeline(tmp_path, [batch])
     run_once(pipeline)  # processed and committed
-    pipeline._pending.extend(messages(0, [record([9, 9, 9, 9])], start=1))
-    pipeline._pending_last[("in", 0)] = 1
-    producer.fail_with = KafkaTimeoutError("expired")
-    asyncio.run(consumer.listener.on_partitions_revoked({TopicPartition("in", 0)}))
+    pipeline.add(chunk(messages(0, [record([9, 9, 9, 9])], start=1)))
+    producer.fail_with = TransportError("expired")
+    consumer.revoke({("in", 0)})
     with pytest.raises(DeliveryError):
         run_once(pipeline)
     assert consumer.commits == [{("in", 0): 1}]
@@ -269,7 +255,7 @@ def test_outputs_that_cannot_fit_a_request_become_cut_dead_letters(tmp_path):
     # 10 KB of UTF-8 in, but 30 KB once the alert's JSON escapes it as \u00e9.
     huge_id = json.dumps({"features": [9, 9, 9, 9], "id": "é" * 5_000}, ensure_ascii=False)
     huge_id = huge_id.encode()
-    batch = {TopicPartition("in", 0): messages(0, [big, huge_id])}
+    batch = chunk(messages(0, [big, huge_id]))
     pipeline, consumer, producer, _ = make_pipeline(tmp_path, [batch], max_record_bytes=20_000)
     run_once(pipeline)
     letters = [s for s in producer.sent if s[0] == "dlq"]
@@ -287,7 +273,7 @@ def test_outputs_that_cannot_fit_a_request_become_cut_dead_letters(tmp_path):
 
 def test_non_finite_scores_alert_with_valid_json(tmp_path):
     # float32 squares overflow: the score is inf; the alert must still be RFC 8259 JSON.
-    batch = {TopicPartition("in", 0): messages(0, [record([3e38, 0, 0, 0], id="inf")])}
+    batch = chunk(messages(0, [record([3e38, 0, 0, 0], id="inf")]))
     pipeline, _consumer, producer, _ = make_pipeline(tmp_path, [batch])
     run_once(pipeline)
     ((topic, _, value, _),) = producer.sent
@@ -297,26 +283,30 @@ def test_non_finite_scores_alert_with_valid_json(tmp_path):
 
 
 def test_a_missing_output_topic_is_one_clear_error():
-    from worker.exceptions import OutputTopicError
-    from worker.kafka_io import require_topics
+    from kafka.errors import KafkaTimeoutError
 
-    class Producer:
+    from worker.exceptions import OutputTopicError
+    from worker.transport_kafka_python import KafkaPythonProducer
+
+    class Client:
         def partitions_for(self, topic):
             if topic == "gone":
                 raise KafkaTimeoutError("Failed to update metadata after 10.0 secs.")
             return {0, 1}
 
-    require_topics(Producer(), ["alerts"])
+    producer = KafkaPythonProducer.__new__(KafkaPythonProducer)
+    producer._producer = Client()
+    producer.check_topic("alerts")
     with pytest.raises(OutputTopicError, match="output topic 'gone' is missing or not writable"):
-        require_topics(Producer(), ["alerts", "gone"])
+        producer.check_topic("gone")
 
 
 def test_dead_letters_log_one_line_per_reason_per_interval_and_count_every_one(tmp_path, caplog):
     now = [0.0]
-    batch = {TopicPartition("in", 0): messages(0, [b"garbage"] * 100 + [record([1, 2, 3])])}
+    batch = messages(0, [b"garbage"] * 100 + [record([1, 2, 3])])
     pipeline, _consumer, producer, _ = make_pipeline(tmp_path, [])
     pipeline._clock = lambda: now[0]
-    pipeline.process(batch[TopicPartition("in", 0)])
+    pipeline.process(batch, [m.value for m in batch])
     lines = [r.getMessage() for r in caplog.records if "dead letter" in r.getMessage()]
     assert len(lines) == 2  # one invalid_json, one wrong_feature_count
     assert lines[0].startswith("dead letter in[0]@0: invalid_json")
@@ -327,6 +317,34 @@ def test_dead_letters_log_one_line_per_reason_per_interval_and_count_every_one(t
         == 100
     )
     now[0] = 11.0
-    pipeline.process(messages(0, [b"garbage"], start=200))
+    later = messages(0, [b"garbage"], start=200)
+    pipeline.process(later, [m.value for m in later])
     last = [r.getMessage() for r in caplog.records if "dead letter" in r.getMessage()][-1]
     assert last.startswith("dead letter in[0]@200: invalid_json") and "99 more invalid_json" in last
+
+
+class FakeCoordinator:
+    """kafka-python's coordinator as its rebalance listener uses it (on the IO thread)."""
+
+    def __init__(self):
+        self.commits = []
+
+    async def _commit_offsets_sync_async(self, offsets, timeout_ms=None):
+        self.commits.append({(tp.topic, tp.partition): om.offset for tp, om in offsets.items()})
+
+
+def test_kafka_python_revocation_awaits_the_commit_on_the_io_thread(tmp_path):
+    import asyncio
+
+    from kafka import TopicPartition
+
+    from worker.transport_kafka_python import _Listener
+
+    pipeline, _consumer, producer, log = make_pipeline(tmp_path, [], batch_max_wait_seconds=60)
+    pipeline.add(chunk(messages(0, [record([5, 5, 5, 5])] * 3)))
+    client = type("Client", (), {"_coordinator": FakeCoordinator()})()
+    listener = _Listener(pipeline, client, 5000)
+    asyncio.run(listener.on_partitions_revoked({TopicPartition("in", 0)}))
+    assert len(producer.sent) == 3 and log == ["flush"]
+    assert client._coordinator.commits == [{("in", 0): 3}]
+    assert pipeline.metrics.registry.get_sample_value("anomaly_offset_commits_total") == 1

@@ -139,7 +139,7 @@ def sasl_env(monkeypatch, mechanism="SCRAM-SHA-512"):
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
 def test_settings_map_to_the_kafka_client_options(monkeypatch, mechanism):
-    from worker.kafka_io import consumer_config, producer_config
+    from worker.transport_kafka_python import consumer_config, producer_config
 
     sasl_env(monkeypatch, mechanism)
     settings = WorkerSettings()
@@ -160,6 +160,51 @@ def test_settings_map_to_the_kafka_client_options(monkeypatch, mechanism):
     assert short["delivery_timeout_ms"] > short["linger_ms"] + short["request_timeout_ms"]
     monkeypatch.setenv("ANOMALY_OUTPUT_COMPRESSION", "none")
     assert producer_config(WorkerSettings())["compression_type"] is None
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-512"])
+def test_settings_map_to_librdkafka_properties_it_accepts(monkeypatch, tmp_path, mechanism):
+    """librdkafka refuses an unknown property or a bad value when a client is created."""
+    import confluent_kafka
+
+    from worker.transport_confluent import consumer_config, producer_config
+
+    sasl_env(monkeypatch, mechanism)
+    monkeypatch.setenv("ANOMALY_SECURITY_PROTOCOL", "SASL_SSL")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not used before connecting\n")
+    monkeypatch.setenv("ANOMALY_SSL_CAFILE", str(ca))
+    monkeypatch.setenv("ANOMALY_OUTPUT_COMPRESSION", "zstd")
+    settings = WorkerSettings()
+    consumer, producer = consumer_config(settings), producer_config(settings)
+    for config in (consumer, producer):
+        assert config["security.protocol"] == "sasl_ssl"
+        assert config["sasl.mechanism"] == mechanism and config["sasl.password"] == SECRET
+        assert config["ssl.ca.location"] == str(ca)
+    assert consumer["isolation.level"] == "read_committed" and consumer["check.crcs"] is True
+    assert consumer["enable.auto.commit"] is False and consumer["enable.auto.offset.store"] is False
+    assert producer["enable.idempotence"] is True and producer["acks"] == "all"
+    assert producer["compression.type"] == "zstd" and producer["message.max.bytes"] == 1_048_576
+    monkeypatch.setenv("ANOMALY_SECURITY_PROTOCOL", "PLAINTEXT")
+    monkeypatch.delenv("ANOMALY_SSL_CAFILE")
+    settings = WorkerSettings(bootstrap_servers="127.0.0.1:1")
+    confluent_kafka.Producer(producer_config(settings)).flush(0)
+    confluent_kafka.Consumer(consumer_config(settings)).close()
+
+
+def test_the_confluent_client_without_confluent_kafka_is_one_clear_line(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "confluent_kafka" else real(name, *a),
+    )
+    monkeypatch.setenv("ANOMALY_KAFKA_CLIENT", "confluent")
+    with pytest.raises(ValidationError) as caught:
+        WorkerSettings()
+    assert "pip install 'anomaly-worker[confluent]'" in describe_validation_error(caught.value)
 
 
 def test_secrets_never_reach_logs_settings_output_or_errors(monkeypatch, tmp_path):

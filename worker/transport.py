@@ -1,0 +1,192 @@
+"""The pipeline's view of Kafka: what every client adapter provides, in the worker's own terms.
+
+Two adapters implement it, chosen by ``ANOMALY_KAFKA_CLIENT``:
+
+- :mod:`worker.transport_kafka_python` (``kafka-python``, the default, pure Python);
+- :mod:`worker.transport_confluent` (``confluent``, librdkafka through confluent-kafka,
+  the fast option: ``pip install 'anomaly-worker[confluent]'``).
+
+The pipeline imports neither client. It sees records as opaque client objects
+(:attr:`Chunk.messages`) plus their values, decoded in bulk; only a record that
+becomes an alert or a dead letter is turned into a :class:`SourceMessage`
+(:meth:`Consumer.source`). Faults arrive as the exceptions below, whatever the
+client called them, so the commit protocol in :mod:`worker.pipeline` is one
+piece of code for both clients.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol, TypeVar
+
+from worker.exceptions import WorkerError
+from worker.messages import SourceMessage
+from worker.offsets import Partition
+
+__all__ = [
+    "BrokerUnreachable",
+    "Chunk",
+    "CommitRejected",
+    "Consumer",
+    "OnDelivery",
+    "Producer",
+    "RebalanceHooks",
+    "TransientError",
+    "TransportError",
+    "UndecodableError",
+    "connect_with_backoff",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class TransportError(WorkerError):
+    """A Kafka fault the worker cannot ride out (stop, exit 1); the client's error is the cause."""
+
+
+class TransientError(TransportError):
+    """A broker or network fault the client recovers from by itself, given time."""
+
+
+class CommitRejected(TransientError):
+    """The group moved on without this worker (a rebalance); the new owner re-reads."""
+
+
+class BrokerUnreachable(TransientError):
+    """No broker answered while creating a client (at start; retried with backoff)."""
+
+
+class UndecodableError(TransportError):
+    """The client cannot decode a record batch (corrupt, checksum mismatch, unknown codec).
+
+    ``partition`` and ``offset`` are where it is stuck, when the client says.
+    """
+
+    def __init__(
+        self, reason: str, partition: Partition | None = None, offset: int | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.reason, self.partition, self.offset = reason, partition, offset
+
+
+class Chunk(NamedTuple):
+    """What one poll returned, in the order the client gave it."""
+
+    messages: Sequence[Any]  # the client's record objects; Consumer.source() reads one
+    values: list[bytes | None]  # messages[i]'s value
+    last: dict[Partition, int]  # the last offset per partition in this chunk
+
+
+class RebalanceHooks(Protocol):
+    """What the pipeline does when partitions move (the adapters call these)."""
+
+    def prepare_revoke(self) -> dict[Partition, int]:
+        """Finish the batch in hand and flush; the offsets to commit before partitions move."""
+        ...
+
+    def committed(self, offsets: dict[Partition, int]) -> None: ...
+    def revoked(self, revoked: set[Partition]) -> None: ...
+    def lost(self, lost: set[Partition]) -> None: ...
+    def on_assigned(self, assigned: set[Partition]) -> None: ...
+
+
+#: Called once per sent record: ``None`` when the broker acknowledged it, else why not.
+OnDelivery = Callable[[BaseException | None], None]
+
+
+class Consumer(Protocol):
+    def subscribe(self, topic: str, hooks: RebalanceHooks) -> None: ...
+
+    def poll(self, timeout: float, max_records: int) -> Chunk | None:
+        """Up to ``max_records`` records, waiting at most ``timeout`` s for the first.
+
+        Raises TransientError, UndecodableError or TransportError.
+        """
+        ...
+
+    def source(self, message: Any) -> SourceMessage:
+        """A record of a chunk as the alert and dead-letter builders read it."""
+        ...
+
+    def commit(self, offsets: dict[Partition, int], timeout: float) -> None:
+        """Commit next-offsets synchronously; CommitRejected / TransientError when not done."""
+        ...
+
+    def assignment(self) -> set[Partition]: ...
+    def position(self, partition: Partition) -> int: ...
+    def seek(self, partition: Partition, offset: int) -> None: ...
+
+    def highwater(self, partition: Partition) -> int | None:
+        """The partition's high-water mark as of the last fetch (None before one)."""
+        ...
+
+    def link_age(self) -> float | None:
+        """Seconds since the group coordinator last answered (None: the client cannot tell)."""
+        ...
+
+    def probe_fails(self, partition: Partition, offset: int, timeout: float) -> bool:
+        """Whether reading ``partition`` from ``offset`` fails to decode.
+
+        Reads with a separate consumer outside the group, so the group is not disturbed.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+class Producer(Protocol):
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+        on_delivery: OnDelivery,
+    ) -> None:
+        """Hand one record to the client; ``on_delivery`` says later whether it landed."""
+        ...
+
+    def flush(self, timeout: float) -> None:
+        """Wait for every record sent so far; TransientError when some are still in flight."""
+        ...
+
+    def check_topic(self, topic: str) -> None:
+        """Raise OutputTopicError unless ``topic`` exists and is writable."""
+        ...
+
+    def close(self, timeout: float) -> None: ...
+
+
+def connect_with_backoff(
+    factory: Callable[[], T],
+    stop: threading.Event,
+    what: str,
+    backoff_max_seconds: float,
+    on_attempt: Callable[[], None] = lambda: None,
+) -> T | None:
+    """Call ``factory`` until it reaches a broker; ``None`` if ``stop`` is set meanwhile.
+
+    ``factory`` raises :class:`BrokerUnreachable` while no broker answers.
+    """
+    delay = 0.5
+    attempt = 1
+    while not stop.is_set():
+        on_attempt()
+        try:
+            return factory()
+        except BrokerUnreachable as exc:
+            logger.warning(
+                "%s: broker unreachable (attempt %d: %s); retrying in %.1fs",
+                what,
+                attempt,
+                exc,
+                delay,
+            )
+        stop.wait(delay)
+        delay = min(delay * 2, backoff_max_seconds)
+        attempt += 1
+    return None
