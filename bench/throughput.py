@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -33,6 +34,7 @@ import urllib.request
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from confluent_kafka import Consumer, Producer
@@ -97,21 +99,22 @@ def main() -> int:
         rows.append(("bare confluent-kafka", rate, cpu))
         print(f"bare confluent-kafka: {rate:,.0f} records/s, {cpu:.1f} CPU s/1M", flush=True)
 
-        for client in clients:
-            alerts = f"bench-alerts-{client}-{tag}"
-            dlq = f"bench-dlq-{client}-{tag}"
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        def start_worker(client: str, broker: str, input_topic: str) -> tuple[Any, int, str]:
+            """A worker process on ``broker``: (process, metrics port, alert topic)."""
+            suffix = uuid.uuid4().hex[:6]
+            alerts, dlq = f"bench-alerts-{suffix}", f"bench-dlq-{suffix}"
+            admin = KafkaAdminClient(bootstrap_servers=broker)
             admin.create_topics([NewTopic(t, args.partitions, 1) for t in (alerts, dlq)])
             admin.close()
             port = free_port()
             env = {
                 **os.environ,
                 "ANOMALY_KAFKA_CLIENT": client,
-                "ANOMALY_BOOTSTRAP_SERVERS": bootstrap,
-                "ANOMALY_INPUT_TOPIC": topic,
+                "ANOMALY_BOOTSTRAP_SERVERS": broker,
+                "ANOMALY_INPUT_TOPIC": input_topic,
                 "ANOMALY_ALERT_TOPIC": alerts,
                 "ANOMALY_DLQ_TOPIC": dlq,
-                "ANOMALY_GROUP_ID": f"worker-{client}-{tag}",
+                "ANOMALY_GROUP_ID": f"worker-{suffix}",
                 "ANOMALY_MODEL_PATH": str(workdir / "model"),
                 "ANOMALY_METRICS_PORT": str(port),
                 "ANOMALY_METRICS_HOST": "127.0.0.1",
@@ -120,14 +123,45 @@ def main() -> int:
                 "ANOMALY_LOG_LEVEL": "WARNING",
                 **dict(item.split("=", 1) for item in args.env),
             }
-            worker = subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env)
+            log = (workdir / f"worker-{client}-{suffix}.log").open("wb")
+            process = subprocess.Popen(
+                [sys.executable, "-m", "worker", "run"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            stack.callback(stop_process, process)
+            deadline = time.monotonic() + 60
+            while not ready(port):
+                assert process.poll() is None and time.monotonic() < deadline, "worker not ready"
+                time.sleep(0.1)
+            return process, port, alerts
+
+        for client in clients:
+            worker, port, _ = start_worker(client, bootstrap, topic)
             rate, cpu = worker_drain(port, args.records, worker.pid)
             rows.append((f"worker on {client}", rate, cpu))
             print(f"worker on {client}: {rate:,.0f} records/s, {cpu:.1f} CPU s/1M", flush=True)
+            rss[client] = peak_rss_mib(worker.pid)
+            stop_process(worker)
             for load in loads:
-                p50, p99, share, bare50, bare99 = offered_load(
-                    bootstrap, topic, alerts, load, args.load_seconds, rng, worker.pid
-                )
+                # The embedded broker slows down as it holds more data (memory grows with
+                # every record): each load gets a fresh one. A given cluster is used as is.
+                with ExitStack() as phase:
+                    broker = (
+                        args.bootstrap_servers
+                        or phase.enter_context(LocalBroker()).bootstrap_servers
+                    )
+                    load_topic = f"bench-load-{uuid.uuid4().hex[:6]}"
+                    admin = KafkaAdminClient(bootstrap_servers=broker)
+                    admin.create_topics([NewTopic(load_topic, args.partitions, 1)])
+                    admin.close()
+                    worker, port, alerts = start_worker(client, broker, load_topic)
+                    p50, p99, share, bare50, bare99 = offered_load(
+                        broker, load_topic, alerts, load, args.load_seconds, rng, worker.pid
+                    )
+                    rss[client] = max(rss[client], peak_rss_mib(worker.pid))
+                    stop_process(worker)
                 latency.append((f"worker on {client}", load, p50, p99, share))
                 latency.append(("  bare consumer, same load", load, bare50, bare99, float("nan")))
                 print(
@@ -136,8 +170,6 @@ def main() -> int:
                     f"p99 {bare99 * 1e3:.0f} ms",
                     flush=True,
                 )
-            rss[client] = peak_rss_mib(worker.pid)
-            stop_process(worker)
 
     print()
     print(
@@ -247,6 +279,14 @@ def bare_confluent(bootstrap: str, topic: str, group: str, n: int) -> tuple[floa
     return steady_rate(timeline, n)
 
 
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 def scrape(port: int, name: str) -> float:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as response:
@@ -280,23 +320,25 @@ def offered_load(bootstrap, topic, alerts, rate, seconds, rng, pid):  # type: ig
     stop = threading.Event()
 
     def read(topic_name: str, into: list[float], group: str) -> None:
-        reader = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": group,
-                "auto.offset.reset": "latest",
-                "fetch.wait.max.ms": 10,
-                "session.timeout.ms": 6000,
-                "enable.auto.commit": False,
-            }
+        # kafka-python readers: on the embedded broker a librdkafka reader adds ~25 ms at
+        # p50 by itself (measured side by side), which would hide what the worker adds.
+        reader = KafkaConsumer(
+            topic_name,
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=10,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+            enable_auto_commit=False,
         )
-        reader.subscribe([topic_name])
         marker = tag.encode()
         while not stop.is_set():
-            for m in reader.consume(1000, 0.05):
-                value = m.value() if m.error() is None else None
-                if value and marker in value:
-                    into.append(time.time() - json.loads(value)["ts"])
+            for records in reader.poll(timeout_ms=50).values():
+                now = time.time()
+                for r in records:
+                    if r.value and marker in r.value:
+                        into.append(now - json.loads(r.value)["ts"])
         reader.close()
 
     readers = [
@@ -306,22 +348,14 @@ def offered_load(bootstrap, topic, alerts, rate, seconds, rng, pid):  # type: ig
     for reader in readers:
         reader.start()
     time.sleep(8)  # both readers joined their groups
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    # The load comes from its own process, so that producing never delays the readers here.
+    load = multiprocessing.get_context("spawn").Process(
+        target=produce_load, args=(bootstrap, topic, rate, seconds, tag)
+    )
+    load.start()
+    time.sleep(min(2.0, seconds / 4))  # the load process starts up
     cpu0, t0 = cpu_seconds(pid), time.monotonic()
-    started, sent = time.monotonic(), 0
-    while (now := time.monotonic()) < started + seconds:
-        due = int((now - started) * rate) - sent
-        if due > 0:
-            X = rng.normal(size=(due, D)).round(5)
-            X[rng.random(due) < 0.05] += 8.0
-            stamp = time.time()
-            for i in range(due):
-                body = {"id": f"{tag}{sent + i}", "ts": stamp, "features": X[i].tolist()}
-                producer.produce(topic, json.dumps(body, separators=(",", ":")).encode())
-            sent += due
-        producer.poll(0)
-        time.sleep(0.001)
-    producer.flush(30)
+    load.join(seconds + 60)
     share = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
     time.sleep(3)
     stop.set()
@@ -336,6 +370,33 @@ def offered_load(bootstrap, topic, alerts, rate, seconds, rng, pid):  # type: ig
         float(np.percentile(b, 50)),
         float(np.percentile(b, 99)),
     )
+
+
+def produce_load(bootstrap: str, topic: str, rate: float, seconds: float, tag: str) -> None:
+    """``rate`` records/s for ``seconds`` (5% anomalous), each stamped with its send time."""
+    rng = np.random.default_rng()
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 2, "queue.buffering.max.messages": 1_000_000}
+    )
+    started, sent = time.monotonic(), 0
+    while (now := time.monotonic()) < started + seconds:
+        due = int((now - started) * rate) - sent
+        if due > 0:
+            X = rng.normal(size=(due, D)).round(5)
+            X[rng.random(due) < 0.05] += 8.0
+            for i in range(due):
+                body = {"id": f"{tag}{sent + i}", "ts": time.time(), "features": X[i].tolist()}
+                value = json.dumps(body, separators=(",", ":")).encode()
+                while True:
+                    try:
+                        producer.produce(topic, value)
+                        break
+                    except BufferError:
+                        producer.poll(0.01)
+            sent += due
+        producer.poll(0)
+        time.sleep(0.001)
+    producer.flush(30)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 
 from worker.messages import SourceMessage
 from worker.records import Record, parse_timestamp
 
 __all__ = ["Alert", "AlertContext", "build_alerts", "record_id"]
+
+_encode = msgspec.json.Encoder().encode
 
 
 @dataclass(frozen=True)
@@ -75,11 +77,18 @@ def build_alerts(
     """One alert per row; all arrays are aligned with ``records`` and ``messages``."""
     k = min(context.top_features, len(context.feature_names))
     top = np.argsort(-errors, axis=1, kind="stable")[:, :k]
+    # Python numbers for the whole batch at once (numpy scalars one by one cost more).
+    names = context.feature_names
+    top_names = [[names[j] for j in row] for row in top.tolist()]
+    top_values = np.take_along_axis(features, top, axis=1).astype(np.float64).tolist()
+    top_expected = np.take_along_axis(expected, top, axis=1).astype(np.float64).tolist()
+    top_errors = np.take_along_axis(errors, top, axis=1).astype(np.float64).tolist()
+    score_list = np.asarray(scores, dtype=np.float64).tolist()
     alerts = []
     for i, (record, message) in enumerate(zip(records, messages, strict=True)):
         rid = record_id(record, message)
         ts = event_time(record, message)
-        score = float(scores[i])
+        score = score_list[i]
         body = {
             "id": rid,
             "entity": record.entity,
@@ -90,12 +99,14 @@ def build_alerts(
             "model_version": context.model_version,
             "top_features": [
                 {
-                    "name": context.feature_names[j],
-                    "value": float(features[i, j]),
-                    "expected": finite_or_none(float(expected[i, j])),
-                    "error": finite_or_none(float(errors[i, j])),
+                    "name": name,
+                    "value": value,
+                    "expected": finite_or_none(exp),
+                    "error": finite_or_none(err),
                 }
-                for j in top[i]
+                for name, value, exp, err in zip(
+                    top_names[i], top_values[i], top_expected[i], top_errors[i], strict=True
+                )
             ],
             "source": {
                 "topic": message.topic,
@@ -105,7 +116,6 @@ def build_alerts(
             "detected_at": context.detected_at,
         }
         key = record.entity if record.entity is not None else rid
-        alerts.append(
-            Alert(key.encode("utf-8"), json.dumps(body, allow_nan=False).encode("utf-8"), ts)
-        )
+        # msgspec writes UTF-8 (no \u escapes); finite_or_none already made non-finite null.
+        alerts.append(Alert(key.encode("utf-8"), _encode(body), ts))
     return alerts

@@ -21,7 +21,7 @@ from worker.metrics import WorkerMetrics
 from worker.pipeline import Pipeline, PipelineConfig
 from worker.registry import resolve_bundle
 from worker.reload import ModelWatcher
-from worker.scoring import Scorer
+from worker.scoring import Scorer, set_torch_threads
 from worker.settings import WorkerSettings
 from worker.threshold import Threshold
 from worker.tls import check_tls
@@ -100,6 +100,7 @@ def run_worker(
 
         health.set_ready(False, "loading model")
         bundle_path, registry_version = resolve_bundle(settings.model_path)
+        set_torch_threads(settings.torch_threads)
         scorer = Scorer.load(bundle_path, settings.device)
         meta = scorer.metadata
         if settings.threshold is not None:

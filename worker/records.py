@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -143,27 +144,22 @@ def decode_batch(
     invalid: list[Invalid] = []
     records, positions = _parse(values, max_bytes, invalid)
     size = schema.size
-    matrix = np.empty((len(records), size), dtype=np.float32)
     refused: dict[int, tuple[str, str]] = {}  # row -> (reason, detail)
     _check_utf8(values, positions, refused)
 
-    listed = [i for i, r in enumerate(records) if type(r.features) is list]
-    if listed:
-        _fill_from_lists(matrix, refused, listed, records, size)
-    if len(listed) < len(records):
-        named = [i for i, r in enumerate(records) if type(r.features) is dict]
-        _fill_from_dicts(matrix, refused, named, records, schema.names)
+    matrix = _matrix_of_lists(records, size)
+    if matrix is None:  # named features, or lists of the wrong length: row by row
+        matrix = np.empty((len(records), size), dtype=np.float32)
+        listed = [i for i, r in enumerate(records) if type(r.features) is list]
+        if listed:
+            _fill_from_lists(matrix, refused, listed, records, size)
+        if len(listed) < len(records):
+            named = [i for i, r in enumerate(records) if type(r.features) is dict]
+            _fill_from_dicts(matrix, refused, named, records, schema.names)
     for row in np.flatnonzero(~np.isfinite(matrix).all(axis=1)).tolist():
         bad = [schema.names[j] for j in np.flatnonzero(~np.isfinite(matrix[row]))]
         refused.setdefault(row, ("non_finite", f"not finite as float32: {bad[:5]}"))
-    for row, record in enumerate(records):
-        ts = record.ts
-        if ts is None or (type(ts) is float and ts - ts == 0.0) or row in refused:
-            continue  # absent, or a finite number: nothing to check
-        try:
-            parse_timestamp(ts)
-        except (ValueError, OverflowError, OSError):
-            refused[row] = ("invalid_field", f"'ts' is not a finite time: {str(ts)[:50]!r}")
+    _check_timestamps(records, refused)
 
     if not refused:
         return DecodedBatch(matrix, positions, records, invalid)
@@ -171,6 +167,48 @@ def decode_batch(
     invalid.sort(key=lambda item: item.position)
     kept = np.setdiff1d(np.arange(len(records)), np.fromiter(refused, dtype=np.int64))
     return DecodedBatch(matrix[kept], positions[kept], [records[i] for i in kept], invalid)
+
+
+_FEATURES = operator.attrgetter("features")
+_TS = operator.attrgetter("ts")
+
+
+def _matrix_of_lists(records: list[Record], size: int) -> np.ndarray | None:
+    """The common case in one numpy call: every record lists ``size`` numbers (else None)."""
+    if not records:
+        return np.empty((0, size), dtype=np.float32)
+    try:
+        block = np.array(list(map(_FEATURES, records)), dtype=np.float64)
+    except (ValueError, TypeError):  # ragged lists, or named features (dicts)
+        return None
+    if block.shape != (len(records), size):
+        return None
+    with np.errstate(over="ignore"):  # beyond float32: inf, refused as non_finite
+        return block.astype(np.float32)
+
+
+def _check_timestamps(records: list[Record], refused: dict[int, tuple[str, str]]) -> None:
+    """Refuse a ``ts`` that is not a finite time; numbers are checked for the batch at once."""
+    stamps = list(map(_TS, records))
+    kinds = set(map(type, stamps))
+    if kinds <= {type(None)}:
+        return
+    if kinds == {float}:
+        rows = np.flatnonzero(~np.isfinite(np.array(stamps, dtype=np.float64))).tolist()
+    else:
+        rows = [
+            row
+            for row, ts in enumerate(stamps)
+            if ts is not None and not (type(ts) is float and ts - ts == 0.0)
+        ]
+    for row in rows:
+        if row in refused:
+            continue
+        ts = stamps[row]
+        try:
+            parse_timestamp(ts)
+        except (ValueError, OverflowError, OSError):
+            refused[row] = ("invalid_field", f"'ts' is not a finite time: {str(ts)[:50]!r}")
 
 
 def _parse(
@@ -206,10 +244,14 @@ def _check_utf8(
     """msgspec skips unknown fields without checking their UTF-8; check the batch at once.
 
     Every parsed value starts and ends with an ASCII byte, so their concatenation
-    is valid UTF-8 exactly when each of them is.
+    is valid UTF-8 exactly when each of them is; ASCII (the usual JSON) is checked fastest.
     """
+    kept = values if len(positions) == len(values) else [values[p] for p in positions]
+    joined = b"".join(kept)  # type: ignore[arg-type]
+    if joined.isascii():
+        return
     try:
-        b"".join([values[p] for p in positions]).decode("utf-8")
+        joined.decode("utf-8")
         return
     except UnicodeDecodeError:
         pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import warnings
@@ -14,9 +15,24 @@ import torch
 from worker.bundle import MODEL_FILE, BundleMetadata, read_metadata
 from worker.exceptions import BundleError
 
-__all__ = ["Scored", "Scorer", "resolve_device"]
+__all__ = ["Scored", "Scorer", "resolve_device", "set_torch_threads"]
 
 logger = logging.getLogger(__name__)
+
+
+def set_torch_threads(threads: int) -> None:
+    """CPU threads for the model (``ANOMALY_TORCH_THREADS``).
+
+    One by default: a micro-batch model call is ~40 small operations, where a
+    thread pool costs more than it gains (measured, 8 features: 179 us per call
+    of 5 rows on one thread, 431 us on two), and idle pool threads spin on cores
+    the Kafka client and the broker need. Batches of thousands gain from more on
+    otherwise idle cores (5,000 rows: 1.9 ms on one, 1.3 ms on two, using both).
+    """
+    torch.set_num_threads(threads)
+    # Refused once set, or after parallel work ran in this process: keep what is there.
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
 
 
 def resolve_device(requested: str) -> torch.device:

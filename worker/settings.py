@@ -68,8 +68,8 @@ class WorkerSettings(BaseSettings):
     """Consumer group session timeout; a joining worker waits about half of it."""
     heartbeat_interval_seconds: float = Field(1.0, gt=0.0, le=60.0)
     """Consumer group heartbeat interval; must be below a third of the session timeout."""
-    fetch_max_wait_seconds: float = Field(0.1, ge=0.0, le=5.0)
-    """How long the broker may hold a fetch waiting for data."""
+    fetch_max_wait_seconds: float = Field(0.02, ge=0.0, le=5.0)
+    """How long the broker may hold a fetch for data: lower gives quicker alerts, more idle CPU."""
     isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
     """`read_committed` never scores records of aborted (or still open) producer transactions."""
     linger_seconds: float = Field(0.005, ge=0.0, le=1.0)
@@ -106,6 +106,8 @@ class WorkerSettings(BaseSettings):
     """With a registry: how often to look for a newly promoted model (hot reload)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the model runs: ``auto`` takes the GPU when one is present."""
+    torch_threads: int = Field(1, ge=1, le=256)
+    """CPU threads per model call; more only help batches of thousands on otherwise idle cores."""
     threshold: float | None = Field(None, gt=0.0)
     """Alert when score > threshold; unset uses the bundle's calibrated threshold."""
     top_features: int = Field(DEFAULT_TOP_FEATURES, ge=0, le=100)

@@ -211,7 +211,16 @@ class ConfluentConsumer:
             held, self._held = self._held, None
             raise held
         try:
-            messages = self._consumer.consume(max_records, timeout)
+            # consume() waits for all max_records or the whole timeout; poll() returns the
+            # first record as soon as it arrives, and the rest already there come with it.
+            messages = self._consumer.consume(max_records, 0)
+            if not messages and timeout > 0:
+                first = self._consumer.poll(timeout)
+                if first is None:
+                    return None
+                messages = [first]
+                if max_records > 1:
+                    messages.extend(self._consumer.consume(max_records - 1, 0))
         except ck.KafkaException as exc:
             raise _error(exc.args[0], "poll") from exc
         if not messages:

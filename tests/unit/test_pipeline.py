@@ -348,3 +348,59 @@ def test_kafka_python_revocation_awaits_the_commit_on_the_io_thread(tmp_path):
     assert len(producer.sent) == 3 and log == ["flush"]
     assert client._coordinator.commits == [{("in", 0): 3}]
     assert pipeline.metrics.registry.get_sample_value("anomaly_offset_commits_total") == 1
+
+
+class FakeRdMessage:
+    """The parts of a confluent_kafka.Message the adapter reads."""
+
+    def __init__(self, partition, offset, value, error=None):
+        self._p, self._o, self._v, self._e = partition, offset, value, error
+
+    def topic(self):
+        return "in"
+
+    def partition(self):
+        return self._p
+
+    def offset(self):
+        return self._o
+
+    def value(self):
+        return self._v
+
+    def error(self):
+        return self._e
+
+
+def test_confluent_poll_returns_the_first_record_without_waiting_for_a_full_batch(monkeypatch):
+    """librdkafka's consume(n, t) waits for n records or all of t; a batch must not."""
+    from worker import transport_confluent
+    from worker.transport_confluent import ConfluentConsumer
+
+    monkeypatch.setattr(transport_confluent, "_VALUE", FakeRdMessage.value)
+    monkeypatch.setattr(transport_confluent, "_ERROR", FakeRdMessage.error)
+    calls = []
+
+    class Client:
+        queued = [FakeRdMessage(0, 5, b"a"), FakeRdMessage(1, 9, b"b"), FakeRdMessage(0, 6, b"c")]
+
+        def consume(self, n, timeout):
+            calls.append(("consume", n, timeout))
+            taken, self.queued = self.queued[:n], self.queued[n:]
+            return taken
+
+        def poll(self, timeout):
+            calls.append(("poll", timeout))
+            return FakeRdMessage(2, 1, b"first")
+
+    consumer = ConfluentConsumer.__new__(ConfluentConsumer)
+    consumer._consumer, consumer._held = Client(), None
+    consumer._consumer.queued, queued = [], Client.queued
+    chunk = consumer.poll(0.05, 100)  # nothing queued: wait for the first record only
+    assert [m.value() for m in chunk.messages] == [b"first"]
+    assert all(c[0] == "poll" or c[2] == 0 for c in calls)
+    consumer._consumer.queued = queued
+    chunk = consumer.poll(0.05, 100)
+    assert chunk.values == [b"a", b"b", b"c"]
+    assert chunk.last == {("in", 0): 6, ("in", 1): 9}
+    assert all(c[0] == "poll" or c[2] == 0 for c in calls)
