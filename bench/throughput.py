@@ -8,7 +8,7 @@ On one broker and one pre-filled topic (N 8-feature JSON records, 1% anomalous):
 1. a bare kafka-python consumer (the worker's consumer settings) drains the topic;
 2. a bare confluent-kafka (librdkafka) consumer drains it;
 3. for each transport, a real ``anomaly-worker run`` process drains it (its consumed count
-   is scraped from /metrics every 20 ms) until every offset is committed; then it serves
+   is scraped from /metrics every 100 ms) until every offset is committed; then it serves
    fixed offered loads (records/s, 5% anomalous) while a reader measures event -> alert
    latency (the alert's receive time minus the record's ``ts``) and the worker's CPU;
 4. at each load a bare confluent consumer in this process measures event -> receive
@@ -70,7 +70,13 @@ def main() -> int:
     latency: list[tuple[str, float, float, float, float]] = []  # (what, load, p50, p99, cpu%)
     rss: dict[str, float] = {}
     with ExitStack() as stack:
-        bootstrap = args.bootstrap_servers or stack.enter_context(LocalBroker()).bootstrap_servers
+        if args.bootstrap_servers:
+            bootstrap = args.bootstrap_servers
+        else:
+            embedded = stack.enter_context(LocalBroker())
+            bootstrap = embedded.bootstrap_servers
+            if embedded.pid is not None:
+                BROKER["pid"] = embedded.pid
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         tag = uuid.uuid4().hex[:8]
         topic = f"bench-{tag}"
@@ -201,15 +207,31 @@ def main() -> int:
     return 0
 
 
-def steady_rate(timeline: list[tuple[float, int, float]], n: int) -> tuple[float, float]:
+#: The embedded broker's process, when the benchmark started one (its CPU is reported too).
+BROKER: dict[str, int] = {}
+
+
+def sample(count: int, pid: int) -> tuple[float, int, float, float]:
+    """(time, count, CPU seconds of ``pid``, CPU seconds of the embedded broker) now."""
+    broker = cpu_seconds(BROKER["pid"]) if "pid" in BROKER else float("nan")
+    return time.perf_counter(), count, cpu_seconds(pid), broker
+
+
+def steady_rate(timeline: list[tuple[float, int, float, float]], n: int) -> tuple[float, float]:
     """(records/s, CPU s per 1M records) between the moments 5% and 95% of ``n`` were counted.
 
-    ``timeline`` holds (time, count, CPU seconds so far).
+    ``timeline`` holds :func:`sample` rows; the broker's CPU over the same span is printed.
     """
     low = next(row for row in timeline if row[1] >= 0.05 * n)
     high = next(row for row in timeline if row[1] >= 0.95 * n)
     records = high[1] - low[1]
-    return records / (high[0] - low[0]), (high[2] - low[2]) / records * 1e6
+    span = high[0] - low[0]
+    print(
+        f"  broker CPU meanwhile: {(high[3] - low[3]) / span:.0%} of a core, "
+        f"{(high[3] - low[3]) / records * 1e6:.1f} s per 1M records",
+        flush=True,
+    )
+    return records / span, (high[2] - low[2]) / records * 1e6
 
 
 def fill(
@@ -250,7 +272,7 @@ def bare_kafka_python(settings: WorkerSettings, topic: str, n: int) -> tuple[flo
     while count < n and time.monotonic() < deadline:
         polled = consumer.poll(timeout_ms=100, max_records=settings.batch_max_records)
         count += sum(len(records) for records in polled.values())
-        timeline.append((time.perf_counter(), count, cpu_seconds(os.getpid())))
+        timeline.append(sample(count, os.getpid()))
     consumer.close(autocommit=False)
     assert count >= n
     return steady_rate(timeline, n)
@@ -273,7 +295,7 @@ def bare_confluent(bootstrap: str, topic: str, group: str, n: int) -> tuple[floa
     while count < n and time.monotonic() < deadline:
         messages = consumer.consume(num_messages=5000, timeout=0.1)
         count += sum(1 for m in messages if m.error() is None and m.value() is not None)
-        timeline.append((time.perf_counter(), count, cpu_seconds(os.getpid())))
+        timeline.append(sample(count, os.getpid()))
     consumer.close()
     assert count >= n
     return steady_rate(timeline, n)
@@ -301,12 +323,12 @@ def scrape(port: int, name: str) -> float:
 def worker_drain(port: int, n: int, pid: int) -> tuple[float, float]:
     """Steady-state rate and CPU of a worker draining ``n`` records, then its commits."""
     deadline = time.monotonic() + 600
-    timeline: list[tuple[float, int, float]] = []
+    timeline: list[tuple[float, int, float, float]] = []
     while (consumed := scrape(port, "anomaly_records_consumed_total")) < n:
-        timeline.append((time.perf_counter(), int(consumed), cpu_seconds(pid)))
+        timeline.append(sample(int(consumed), pid))
         assert time.monotonic() < deadline, f"consumed only {consumed} of {n}"
-        time.sleep(0.02)
-    timeline.append((time.perf_counter(), int(consumed), cpu_seconds(pid)))
+        time.sleep(0.1)  # scraping /metrics costs the worker CPU: not too often
+    timeline.append(sample(int(consumed), pid))
     # Let the commit of the last records land before offering load.
     time.sleep(2)
     return steady_rate(timeline, n)
@@ -315,11 +337,11 @@ def worker_drain(port: int, n: int, pid: int) -> tuple[float, float]:
 def offered_load(bootstrap, topic, alerts, rate, seconds, rng, pid):  # type: ignore[no-untyped-def]
     """Offer ``rate`` records/s: (worker p50, p99, CPU share, bare consumer p50, p99)."""
     tag = f"lat{uuid.uuid4().hex[:6]}-"
-    alert_latency: list[float] = []
-    bare_latency: list[float] = []
+    alert_latency: list[tuple[float, float]] = []  # (received at, latency)
+    bare_latency: list[tuple[float, float]] = []
     stop = threading.Event()
 
-    def read(topic_name: str, into: list[float], group: str) -> None:
+    def read(topic_name: str, into: list[tuple[float, float]], group: str) -> None:
         # kafka-python readers: on the embedded broker a librdkafka reader adds ~25 ms at
         # p50 by itself (measured side by side), which would hide what the worker adds.
         reader = KafkaConsumer(
@@ -338,7 +360,7 @@ def offered_load(bootstrap, topic, alerts, rate, seconds, rng, pid):  # type: ig
                 now = time.time()
                 for r in records:
                     if r.value and marker in r.value:
-                        into.append(now - json.loads(r.value)["ts"])
+                        into.append((now, now - json.loads(r.value)["ts"]))
         reader.close()
 
     readers = [
@@ -361,8 +383,22 @@ def offered_load(bootstrap, topic, alerts, rate, seconds, rng, pid):  # type: ig
     stop.set()
     for reader in readers:
         reader.join(10)
-    a, b = np.asarray(alert_latency), np.asarray(bare_latency)
-    assert a.size and b.size, f"no latency samples ({a.size} alerts, {b.size} records)"
+    assert alert_latency and bare_latency, "no latency samples"
+    if seconds >= 120:  # a held load: is the latency stable? p50 / p99 per minute
+        start = min(t for t, _ in bare_latency)
+        for minute in range(int(seconds // 60)):
+            window = (start + 60 * minute, start + 60 * (minute + 1))
+            w = [x for t, x in alert_latency if window[0] <= t < window[1]]
+            b = [x for t, x in bare_latency if window[0] <= t < window[1]]
+            if w and b:
+                print(
+                    f"    minute {minute + 1}: worker p50 {np.percentile(w, 50) * 1e3:.0f} "
+                    f"p99 {np.percentile(w, 99) * 1e3:.0f} ms; bare p50 "
+                    f"{np.percentile(b, 50) * 1e3:.0f} p99 {np.percentile(b, 99) * 1e3:.0f} ms",
+                    flush=True,
+                )
+    a = np.asarray([x for _, x in alert_latency])
+    b = np.asarray([x for _, x in bare_latency])
     return (
         float(np.percentile(a, 50)),
         float(np.percentile(a, 99)),

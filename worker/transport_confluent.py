@@ -95,7 +95,7 @@ def consumer_config(settings: WorkerSettings) -> dict[str, Any]:
         "heartbeat.interval.ms": int(settings.heartbeat_interval_seconds * 1000),
         "max.poll.interval.ms": int(max(30.0, 3 * settings.session_timeout_seconds) * 1000),
         "fetch.wait.max.ms": int(settings.fetch_max_wait_seconds * 1000),
-        "max.partition.fetch.bytes": 4 * 1024 * 1024,
+        "max.partition.fetch.bytes": 1024 * 1024,
         "statistics.interval.ms": STATISTICS_INTERVAL_MS,
         "allow.auto.create.topics": False,
     }

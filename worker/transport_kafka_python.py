@@ -97,7 +97,7 @@ def consumer_config(settings: WorkerSettings) -> dict[str, Any]:
         # (one that died mid-join). The loop polls at least every batch, far more often.
         "max_poll_interval_ms": int(max(30.0, 3 * settings.session_timeout_seconds) * 1000),
         "fetch_max_wait_ms": int(settings.fetch_max_wait_seconds * 1000),
-        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+        "max_partition_fetch_bytes": 1024 * 1024,
         "max_poll_records": settings.batch_max_records,
     }
 
