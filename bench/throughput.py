@@ -164,7 +164,7 @@ def main() -> int:
                     admin.close()
                     worker, port, alerts = start_worker(client, broker, load_topic)
                     p50, p99, share, bare50, bare99 = offered_load(
-                        broker, load_topic, alerts, load, args.load_seconds, rng, worker.pid
+                        broker, load_topic, alerts, load, args.load_seconds, worker.pid
                     )
                     rss[client] = max(rss[client], peak_rss_mib(worker.pid))
                     stop_process(worker)
@@ -334,7 +334,7 @@ def worker_drain(port: int, n: int, pid: int) -> tuple[float, float]:
     return steady_rate(timeline, n)
 
 
-def offered_load(bootstrap, topic, alerts, rate, seconds, rng, pid):  # type: ignore[no-untyped-def]
+def offered_load(bootstrap, topic, alerts, rate, seconds, pid):  # type: ignore[no-untyped-def]
     """Offer ``rate`` records/s: (worker p50, p99, CPU share, bare consumer p50, p99)."""
     tag = f"lat{uuid.uuid4().hex[:6]}-"
     alert_latency: list[tuple[float, float]] = []  # (received at, latency)

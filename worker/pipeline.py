@@ -543,9 +543,8 @@ class Pipeline:
         """The group evicted us (e.g. a network cut longer than the session): drop, no commit."""
         messages, values, last = self._take_pending()
         source = self.consumer.source
-        kept = [
-            i for i, m in enumerate(messages) if (source(m).topic, source(m).partition) not in lost
-        ]
+        where_from = [source(m) for m in messages]
+        kept = [i for i, m in enumerate(where_from) if (m.topic, m.partition) not in lost]
         self.add(
             Chunk(
                 [messages[i] for i in kept],

@@ -26,6 +26,7 @@ from worker.messages import SourceMessage
 from worker.offsets import Partition
 
 __all__ = [
+    "MAX_PARTITION_FETCH_BYTES",
     "BrokerUnreachable",
     "Chunk",
     "CommitRejected",
@@ -37,11 +38,29 @@ __all__ = [
     "TransportError",
     "UndecodableError",
     "connect_with_backoff",
+    "max_poll_interval_seconds",
+    "request_timeout_seconds",
 ]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+#: Largest fetch per partition (Kafka's default); also bounds what a worker buffers.
+MAX_PARTITION_FETCH_BYTES = 1024 * 1024
+
+
+def max_poll_interval_seconds(session_timeout_seconds: float) -> float:
+    """Also the rebalance timeout: how long a join waits for members that do not rejoin
+    (one that died mid-join). The loop polls at least every batch, far more often."""
+    return max(30.0, 3 * session_timeout_seconds)
+
+
+def request_timeout_seconds(delivery_timeout_seconds: float) -> float:
+    """A produce request's timeout; several fit in the delivery timeout (kafka-python needs
+    delivery > linger + request)."""
+    return min(30.0, delivery_timeout_seconds / 2)
 
 
 class TransportError(WorkerError):

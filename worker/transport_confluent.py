@@ -24,6 +24,7 @@ from worker.messages import Message, SourceMessage
 from worker.offsets import Partition
 from worker.settings import WorkerSettings
 from worker.transport import (
+    MAX_PARTITION_FETCH_BYTES,
     BrokerUnreachable,
     Chunk,
     CommitRejected,
@@ -32,6 +33,8 @@ from worker.transport import (
     TransientError,
     TransportError,
     UndecodableError,
+    max_poll_interval_seconds,
+    request_timeout_seconds,
 )
 
 __all__ = ["ConfluentConsumer", "ConfluentProducer", "consumer_config", "producer_config"]
@@ -93,9 +96,11 @@ def consumer_config(settings: WorkerSettings) -> dict[str, Any]:
         "check.crcs": True,
         "session.timeout.ms": int(settings.session_timeout_seconds * 1000),
         "heartbeat.interval.ms": int(settings.heartbeat_interval_seconds * 1000),
-        "max.poll.interval.ms": int(max(30.0, 3 * settings.session_timeout_seconds) * 1000),
+        "max.poll.interval.ms": int(
+            max_poll_interval_seconds(settings.session_timeout_seconds) * 1000
+        ),
         "fetch.wait.max.ms": int(settings.fetch_max_wait_seconds * 1000),
-        "max.partition.fetch.bytes": 1024 * 1024,
+        "max.partition.fetch.bytes": MAX_PARTITION_FETCH_BYTES,
         "statistics.interval.ms": STATISTICS_INTERVAL_MS,
         "allow.auto.create.topics": False,
     }
@@ -112,7 +117,9 @@ def producer_config(settings: WorkerSettings) -> dict[str, Any]:
         "compression.type": settings.output_compression,
         "message.max.bytes": settings.max_request_bytes,
         "delivery.timeout.ms": int(settings.delivery_timeout_seconds * 1000),
-        "request.timeout.ms": int(min(30.0, settings.delivery_timeout_seconds / 2) * 1000),
+        "request.timeout.ms": int(
+            request_timeout_seconds(settings.delivery_timeout_seconds) * 1000
+        ),
     }
 
 

@@ -28,6 +28,7 @@ from worker.messages import SourceMessage
 from worker.offsets import Partition
 from worker.settings import WorkerSettings
 from worker.transport import (
+    MAX_PARTITION_FETCH_BYTES,
     BrokerUnreachable,
     Chunk,
     CommitRejected,
@@ -36,6 +37,8 @@ from worker.transport import (
     TransientError,
     TransportError,
     UndecodableError,
+    max_poll_interval_seconds,
+    request_timeout_seconds,
 )
 
 __all__ = [
@@ -93,11 +96,11 @@ def consumer_config(settings: WorkerSettings) -> dict[str, Any]:
         "check_crcs": True,
         "session_timeout_ms": int(settings.session_timeout_seconds * 1000),
         "heartbeat_interval_ms": int(settings.heartbeat_interval_seconds * 1000),
-        # Also the rebalance timeout: how long a join waits for members that do not rejoin
-        # (one that died mid-join). The loop polls at least every batch, far more often.
-        "max_poll_interval_ms": int(max(30.0, 3 * settings.session_timeout_seconds) * 1000),
+        "max_poll_interval_ms": int(
+            max_poll_interval_seconds(settings.session_timeout_seconds) * 1000
+        ),
         "fetch_max_wait_ms": int(settings.fetch_max_wait_seconds * 1000),
-        "max_partition_fetch_bytes": 1024 * 1024,
+        "max_partition_fetch_bytes": MAX_PARTITION_FETCH_BYTES,
         "max_poll_records": settings.batch_max_records,
     }
 
@@ -114,8 +117,9 @@ def producer_config(settings: WorkerSettings) -> dict[str, Any]:
         "compression_type": None if compression == "none" else compression,
         "max_request_size": settings.max_request_bytes,
         "delivery_timeout_ms": int(settings.delivery_timeout_seconds * 1000),
-        # kafka-python wants delivery_timeout_ms > linger_ms + request_timeout_ms.
-        "request_timeout_ms": int(min(30.0, settings.delivery_timeout_seconds / 2) * 1000),
+        "request_timeout_ms": int(
+            request_timeout_seconds(settings.delivery_timeout_seconds) * 1000
+        ),
         "max_block_ms": MAX_BLOCK_MS,
         # The worker never creates topics: a missing output topic is an error at start.
         "allow_auto_create_topics": False,
@@ -167,11 +171,6 @@ class KafkaPythonConsumer:
             raise _translate(exc, "poll") from exc
         if not polled:
             return None
-        if len(polled) == 1:
-            ((tp, records),) = polled.items()
-            return Chunk(
-                records, [r.value for r in records], {(tp.topic, tp.partition): records[-1].offset}
-            )
         messages: list[Any] = []
         last: dict[Partition, int] = {}
         for tp, records in polled.items():
