@@ -2,15 +2,18 @@
 
     .venv/bin/python bench/throughput.py [--records 400000] [--loads 5000,20000,50000]
         [--load-seconds 20] [--clients kafka-python,confluent] [--device cpu|cuda]
+        [--guarantees at_least_once,exactly_once]
 
 On one broker and one pre-filled topic (N 8-feature JSON records, 1% anomalous):
 
 1. a bare kafka-python consumer (the worker's consumer settings) drains the topic;
 2. a bare confluent-kafka (librdkafka) consumer drains it;
-3. for each transport, a real ``anomaly-worker run`` process drains it (its consumed count
-   is scraped from /metrics every 100 ms) until every offset is committed; then it serves
-   fixed offered loads (records/s, 5% anomalous) while a reader measures event -> alert
-   latency (the alert's receive time minus the record's ``ts``) and the worker's CPU;
+3. for each transport (and each processing guarantee asked for), a real ``anomaly-worker run``
+   process drains it (its consumed count is scraped from /metrics every 100 ms) until every
+   offset is committed; then it serves fixed offered loads (records/s, 5% anomalous) while a
+   ``read_committed`` reader measures event -> alert latency (the alert's receive time minus
+   the record's ``ts``; with exactly_once an alert is readable once its transaction commits)
+   and the worker's CPU;
 4. at each load a bare confluent consumer in this process measures event -> receive
    latency of the input records themselves: what the broker alone costs.
 
@@ -60,11 +63,20 @@ def main() -> int:
     parser.add_argument("--loads", default="5000,20000,50000", help="offered records/s")
     parser.add_argument("--load-seconds", type=float, default=20.0)
     parser.add_argument("--clients", default="kafka-python,confluent")
+    parser.add_argument(
+        "--guarantees", default="at_least_once", help="ANOMALY_PROCESSING_GUARANTEE values"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--env", action="append", default=[], help="extra ANOMALY_X=Y for workers")
     args = parser.parse_args()
     loads = [float(x) for x in args.loads.split(",") if x]
     clients = [c for c in args.clients.split(",") if c]
+    guarantees = [g for g in args.guarantees.split(",") if g]
+    # (client, guarantee) pairs and how their rows are named
+    runs = [(c, g) for c in clients for g in guarantees]
+
+    def named(client: str, guarantee: str) -> str:
+        return f"worker on {client}" + (f" ({guarantee})" if len(guarantees) > 1 else "")
 
     rows: list[tuple[str, float, float]] = []  # (what, steady records/s, CPU s per 1M)
     latency: list[tuple[str, float, float, float, float]] = []  # (what, load, p50, p99, cpu%)
@@ -105,7 +117,9 @@ def main() -> int:
         rows.append(("bare confluent-kafka", rate, cpu))
         print(f"bare confluent-kafka: {rate:,.0f} records/s, {cpu:.1f} CPU s/1M", flush=True)
 
-        def start_worker(client: str, broker: str, input_topic: str) -> tuple[Any, int, str]:
+        def start_worker(
+            client: str, guarantee: str, broker: str, input_topic: str
+        ) -> tuple[Any, int, str]:
             """A worker process on ``broker``: (process, metrics port, alert topic)."""
             suffix = uuid.uuid4().hex[:6]
             alerts, dlq = f"bench-alerts-{suffix}", f"bench-dlq-{suffix}"
@@ -116,6 +130,8 @@ def main() -> int:
             env = {
                 **os.environ,
                 "ANOMALY_KAFKA_CLIENT": client,
+                "ANOMALY_PROCESSING_GUARANTEE": guarantee,
+                "ANOMALY_TRANSACTIONAL_ID": f"bench-{suffix}",
                 "ANOMALY_BOOTSTRAP_SERVERS": broker,
                 "ANOMALY_INPUT_TOPIC": input_topic,
                 "ANOMALY_ALERT_TOPIC": alerts,
@@ -143,12 +159,13 @@ def main() -> int:
                 time.sleep(0.1)
             return process, port, alerts
 
-        for client in clients:
-            worker, port, _ = start_worker(client, bootstrap, topic)
+        for client, guarantee in runs:
+            name = named(client, guarantee)
+            worker, port, _ = start_worker(client, guarantee, bootstrap, topic)
             rate, cpu = worker_drain(port, args.records, worker.pid)
-            rows.append((f"worker on {client}", rate, cpu))
-            print(f"worker on {client}: {rate:,.0f} records/s, {cpu:.1f} CPU s/1M", flush=True)
-            rss[client] = peak_rss_mib(worker.pid)
+            rows.append((name, rate, cpu))
+            print(f"{name}: {rate:,.0f} records/s, {cpu:.1f} CPU s/1M", flush=True)
+            rss[name] = peak_rss_mib(worker.pid)
             stop_process(worker)
             for load in loads:
                 # The embedded broker slows down as it holds more data (memory grows with
@@ -162,13 +179,13 @@ def main() -> int:
                     admin = KafkaAdminClient(bootstrap_servers=broker)
                     admin.create_topics([NewTopic(load_topic, args.partitions, 1)])
                     admin.close()
-                    worker, port, alerts = start_worker(client, broker, load_topic)
+                    worker, port, alerts = start_worker(client, guarantee, broker, load_topic)
                     p50, p99, share, bare50, bare99 = offered_load(
                         broker, load_topic, alerts, load, args.load_seconds, worker.pid
                     )
-                    rss[client] = max(rss[client], peak_rss_mib(worker.pid))
+                    rss[name] = max(rss[name], peak_rss_mib(worker.pid))
                     stop_process(worker)
-                latency.append((f"worker on {client}", load, p50, p99, share))
+                latency.append((name, load, p50, p99, share))
                 latency.append(("  bare consumer, same load", load, bare50, bare99, float("nan")))
                 print(
                     f"  {load:,.0f}/s: p50 {p50 * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms, "
@@ -190,20 +207,24 @@ def main() -> int:
     for what, rate, cpu in rows:
         print(f"| {what} | {rate:,.0f} | {cpu:.1f} |")
     by = {what: rate for what, rate, _ in rows}
-    for client in clients:
+    for client, guarantee in runs:
         bare = "bare kafka-python" if client == "kafka-python" else "bare confluent-kafka"
-        print(f"worker on {client} / {bare}: {by[f'worker on {client}'] / by[bare]:.2f}")
-    if len(clients) == 2:
-        ratio = by["worker on confluent"] / by["worker on kafka-python"]
-        print(f"worker on confluent / worker on kafka-python: {ratio:.2f}")
+        name = named(client, guarantee)
+        print(f"{name} / {bare}: {by[name] / by[bare]:.2f}")
+    for guarantee in guarantees if len(clients) == 2 else ():
+        ratio = by[named("confluent", guarantee)] / by[named("kafka-python", guarantee)]
+        print(f"{named('confluent', guarantee)} / {named('kafka-python', guarantee)}: {ratio:.2f}")
+    for client in clients if len(guarantees) > 1 else ():
+        ratio = by[named(client, "exactly_once")] / by[named(client, "at_least_once")]
+        print(f"{client}: exactly_once / at_least_once records/s: {ratio:.2f}")
     print()
     print("| consumer | offered records/s | p50 ms | p99 ms | worker CPU (one core) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for what, load, p50, p99, share in latency:
         shown = "" if share != share else f"{share:.0%}"
         print(f"| {what} | {load:,.0f} | {p50 * 1e3:.0f} | {p99 * 1e3:.0f} | {shown} |")
-    for client, mib in rss.items():
-        print(f"worker on {client} peak RSS: {mib:.0f} MiB")
+    for name, mib in rss.items():
+        print(f"{name} peak RSS: {mib:.0f} MiB")
     return 0
 
 
@@ -349,6 +370,7 @@ def offered_load(bootstrap, topic, alerts, rate, seconds, pid):  # type: ignore[
             bootstrap_servers=bootstrap,
             group_id=group,
             auto_offset_reset="latest",
+            isolation_level="read_committed",  # exactly_once: readable once committed
             fetch_max_wait_ms=10,
             session_timeout_ms=6000,
             heartbeat_interval_ms=1000,

@@ -59,6 +59,8 @@ def pipeline_config(settings: WorkerSettings) -> PipelineConfig:
         on_undecodable_batch=settings.on_undecodable_batch,
         backoff_max_seconds=settings.connect_backoff_max_seconds,
         link_stale_seconds=settings.session_timeout_seconds,
+        exactly_once=settings.exactly_once,
+        delivery_timeout_seconds=settings.effective_delivery_timeout_seconds,
     )
 
 
@@ -137,11 +139,14 @@ def run_worker(
             return
         stack.callback(consumer.close)
         logger.info(
-            "connected to %s with %s; consuming %s as group %s",
+            "connected to %s with %s; consuming %s as group %s (%s)",
             settings.bootstrap_servers,
             settings.kafka_client,
             settings.input_topic,
             settings.group_id,
+            f"exactly_once, transactional id {settings.effective_transactional_id}"
+            if settings.exactly_once
+            else "at_least_once",
         )
         watcher = None
         if registry_version is not None:

@@ -78,6 +78,12 @@ class WorkerMetrics:
         )
         self.alerts = Counter("anomaly_alerts", "Alerts produced.", registry=r)
         self.commits = Counter("anomaly_offset_commits", "Successful offset commits.", registry=r)
+        self.transactions = Counter(
+            "anomaly_transactions",
+            "exactly_once: transactions ended, by result (committed, aborted).",
+            ["result"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "anomaly_batch_size", "Records per micro-batch.", buckets=BATCH_SIZE_BUCKETS, registry=r
         )
@@ -95,7 +101,8 @@ class WorkerMetrics:
         )
         self.end_to_end_latency = Histogram(
             "anomaly_end_to_end_latency_seconds",
-            "Event time of a record to its alert being acknowledged by the broker.",
+            "Event time of a record to its alert being readable: acknowledged by the broker "
+            "(at_least_once), committed with its transaction (exactly_once).",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -27,6 +27,7 @@ class OffsetTracker:
     def __init__(self) -> None:
         self._processed: dict[Partition, int] = {}
         self._committed: dict[Partition, int] = {}
+        self._start: dict[Partition, int] = {}  # the first offset processed since assignment
 
     def mark(self, partition: Partition, last_offset: int) -> None:
         """Record that every record of ``partition`` up to ``last_offset`` is processed."""
@@ -49,8 +50,32 @@ class OffsetTracker:
     def committed(self, offsets: dict[Partition, int]) -> None:
         self._committed.update(offsets)
 
+    def start(self, partition: Partition, offset: int) -> None:
+        """Record the first offset processed of a newly assigned partition."""
+        self._start.setdefault(partition, offset)
+
+    def started(self, partition: Partition) -> bool:
+        return partition in self._start
+
+    def rewind(self) -> dict[Partition, int]:
+        """Forget what was processed since the last commit (an aborted transaction); where
+        to read each partition again from: its committed offset, else its first processed.
+
+        >>> t = OffsetTracker()
+        >>> t.start(("in", 0), 5); t.mark(("in", 0), 9); t.rewind()
+        {('in', 0): 5}
+        >>> t.mark(("in", 0), 9); t.committed({("in", 0): 10}); t.mark(("in", 0), 20); t.rewind()
+        {('in', 0): 10}
+        >>> t.to_commit()
+        {}
+        """
+        points = {p: self._committed.get(p, first) for p, first in self._start.items()}
+        self._processed = {p: o for p, o in self._committed.items() if p in self._processed}
+        return points
+
     def forget(self, partitions: Iterable[Partition]) -> None:
         """Drop partitions this worker no longer owns."""
         for partition in partitions:
             self._processed.pop(partition, None)
             self._committed.pop(partition, None)
+            self._start.pop(partition, None)

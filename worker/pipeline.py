@@ -1,13 +1,21 @@
 """The worker's loop: poll -> decode -> score -> threshold -> alerts / dead letters -> commit.
 
-Commit protocol (at-least-once), followed at every commit point (interval,
-partitions revoked, shutdown):
+Commit protocol, followed at every commit point (interval, partitions revoked,
+shutdown). At-least-once (the default):
 
 1. every polled record has been processed (its alert or dead letter handed to
    the producer),
 2. ``producer.flush()`` returns and no send failed (the broker acknowledged
    every output),
 3. only then are the processed offsets committed.
+
+Exactly-once (``ANOMALY_PROCESSING_GUARANTEE=exactly_once``): the first output
+after a commit begins a transaction; at the commit point every polled record has
+been processed, the processed offsets are added to the transaction with the
+consumer's group metadata (so the broker refuses them from a member the group
+has moved on from), and the transaction commits: outputs and offsets become
+readable together or not at all. A transaction that cannot commit is aborted
+and its records are read again from the last committed offsets.
 
 A failed delivery raises :class:`~worker.exceptions.DeliveryError` before
 anything is committed, so a restart re-reads those records. After any fatal
@@ -50,6 +58,7 @@ from worker.transport import (
     CommitRejected,
     Consumer,
     Producer,
+    TransactionAbortable,
     TransientError,
     TransportError,
     UndecodableError,
@@ -70,6 +79,11 @@ FLUSH_SLICE_SECONDS = 5.0
 MAX_SKIP_OFFSETS = 100_000
 #: How long a probe waits for a fetch before taking an offset as readable.
 PROBE_SECONDS = 5.0
+#: exactly_once: this many transactions aborted in a row, none committed, stop the worker
+#: (the same records keep failing; a restart, or a person, has to look).
+MAX_ABORTS_IN_A_ROW = 5
+#: How long a fatal error waits for its open transaction to be aborted.
+ABORT_ON_FAILURE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,10 @@ class PipelineConfig:
     backoff_max_seconds: float = 10.0
     #: The coordinator must have answered a heartbeat within this long for /readyz to say 200.
     link_stale_seconds: float = 5.0
+    #: Commit each interval's outputs and offsets in one transaction (see the module docstring).
+    exactly_once: bool = False
+    #: exactly_once: how long a commit waits for an unreachable broker before the worker stops.
+    delivery_timeout_seconds: float = 120.0
 
 
 def where(message: SourceMessage) -> str:
@@ -132,6 +150,14 @@ class Pipeline:
         self._trouble_since = 0.0
         self._backoff = 0.0
         self._dead_letter_log = Throttle(DEAD_LETTER_LOG_SECONDS, lambda: self._clock())
+        self._delivery_log = Throttle(DEAD_LETTER_LOG_SECONDS, lambda: self._clock())
+        # exactly_once: the open transaction, its alerts' event times, transactions ended so
+        # far (a failed delivery from an ended one is its abort's doing), aborts in a row.
+        self._in_transaction = False
+        self._transaction_event_times: list[float] = []
+        self._transactions_ended = 0
+        self._aborts_in_a_row = 0
+        self._stop: threading.Event | None = None
 
     # --- the loop -------------------------------------------------------------------
     def subscribe(self) -> None:
@@ -141,6 +167,7 @@ class Pipeline:
 
     def run(self, stop: threading.Event, max_seconds: float | None = None) -> None:
         """Process until ``stop`` is set (or ``max_seconds`` pass), then drain and commit."""
+        self._stop = stop
         try:
             deadline = None if max_seconds is None else self._clock() + max_seconds
             while not stop.is_set() and (deadline is None or self._clock() < deadline):
@@ -161,9 +188,20 @@ class Pipeline:
             raise
 
     def abandon(self) -> None:
-        """After a fatal error: drop the batch in hand, never commit again (not even on close)."""
+        """After a fatal error: drop the batch in hand, never commit again (not even on close);
+        abort the open transaction."""
         self._broken = True
         self._take_pending()
+        if self._in_transaction:
+            self._close_transaction()
+            try:
+                self.producer.abort_transaction(ABORT_ON_FAILURE_SECONDS)
+            except TransportError as exc:
+                logger.warning(
+                    "could not abort the open transaction (%s); the broker aborts it when this "
+                    "worker's successor starts, or after ANOMALY_TRANSACTION_TIMEOUT_SECONDS",
+                    exc,
+                )
 
     def _take_pending(self) -> tuple[list[Any], list[bytes | None], dict[Partition, int]]:
         taken = self._pending, self._pending_values, self._pending_last
@@ -228,9 +266,24 @@ class Pipeline:
         if not self._pending:
             return
         messages, values, last = self._take_pending()
+        if self.config.exactly_once:
+            self._note_first_offsets(messages, last)
         self.process(messages, values)
         for partition, offset in last.items():
             self._offsets.mark(partition, offset)
+
+    def _note_first_offsets(self, messages: Sequence[Any], last: dict[Partition, int]) -> None:
+        """The first offset processed of each partition new to the tracker: where an aborted
+        transaction re-reads it from when it has no committed offset yet (once per assignment)."""
+        missing = {p for p in last if not self._offsets.started(p)}
+        for message in messages if missing else ():
+            source = self.consumer.source(message)
+            partition = (source.topic, source.partition)
+            if partition in missing:
+                self._offsets.start(partition, source.offset)
+                missing.discard(partition)
+                if not missing:
+                    break
 
     def _maybe_swap_model(self) -> None:
         assert self.watcher is not None
@@ -389,13 +442,15 @@ class Pipeline:
                 size = len(alert.key) + len(alert.value)
                 self._dead_letter(source, "alert_too_large", f"the alert would be {size} bytes")
                 continue
-            self.producer.send(
+            self._produce(
                 self.config.alert_topic,
                 alert.key,
                 alert.value,
                 None,
                 self._on_alert_delivery(alert.event_ts, source),
             )
+            if self.config.exactly_once:  # readable once its transaction commits
+                self._transaction_event_times.append(alert.event_ts)
             sent += 1
             logger.debug("alert for %s", where(source))
         self.metrics.alerts.inc(sent)
@@ -417,27 +472,52 @@ class Pipeline:
         # tombstone, a skipped range): such a dead letter gets an empty value.
         value = b"" if letter.key is None and letter.value is None else letter.value
 
+        transaction = self._transactions_ended
+
         def delivered(error: BaseException | None) -> None:
             if error is not None:
-                self._delivery_failed(source, error)
+                self._delivery_failed(source, error, transaction)
 
-        self.producer.send(topic, letter.key, value, letter.headers, delivered)
+        self._produce(topic, letter.key, value, letter.headers, delivered)
+
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+        on_delivery: Callable[[BaseException | None], None],
+    ) -> None:
+        """Hand one output to the producer, inside a transaction with exactly_once."""
+        if self.config.exactly_once and not self._in_transaction:
+            self.producer.begin_transaction()
+            self._in_transaction = True
+        self.producer.send(topic, key, value, headers, on_delivery)
 
     def _on_alert_delivery(
         self, event_ts: float, source: SourceMessage
     ) -> Callable[[BaseException | None], None]:
+        transaction = self._transactions_ended
+        observe = not self.config.exactly_once  # exactly_once: observed when committed
+
         def delivered(error: BaseException | None) -> None:
             if error is None:
-                self.metrics.end_to_end_latency.observe(max(time.time() - event_ts, 0.0))
+                if observe:
+                    self.metrics.end_to_end_latency.observe(max(time.time() - event_ts, 0.0))
             else:
-                self._delivery_failed(where(source), error)
+                self._delivery_failed(where(source), error, transaction)
 
         return delivered
 
-    def _delivery_failed(self, source: str, exc: BaseException) -> None:
+    def _delivery_failed(self, source: str, exc: BaseException, transaction: int) -> None:
+        if transaction < self._transactions_ended:
+            return  # an output of a transaction already aborted (by the abort, or for this)
         with self._failures_lock:
             self._failures.append(exc)
-        logger.error("delivery failed for the output of %s: %r", source, exc)
+        held = self._delivery_log.allow(type(exc).__name__)
+        if held is not None:
+            more = f"; {held} more since the last line" if held else ""
+            logger.error("delivery failed for the output of %s: %r%s", source, exc, more)
 
     # --- commits and rebalances ---------------------------------------------------------
     def commit(self, partitions: Sequence[Partition] | None = None, final: bool = False) -> None:
@@ -448,6 +528,9 @@ class Pipeline:
         code says the last commit did not happen).
         """
         self._last_commit = self._clock()
+        if self.config.exactly_once:
+            self._commit_transaction(final=final)
+            return
         offsets = self.acknowledged(partitions, final)
         if not offsets:
             return
@@ -523,6 +606,9 @@ class Pipeline:
             return {}
         try:
             self._process_pending()
+            if self.config.exactly_once:
+                self._commit_transaction(revoking=True)
+                return {}  # committed with the transaction (or aborted: re-read by the new owner)
             return self.acknowledged()
         except Exception as exc:
             self.abandon()
@@ -541,6 +627,12 @@ class Pipeline:
 
     def lost(self, lost: set[Partition]) -> None:
         """The group evicted us (e.g. a network cut longer than the session): drop, no commit."""
+        if self._in_transaction and not self._broken:
+            try:  # its outputs are the new owners' to produce again
+                self._abort_transaction("partitions lost", rewind=False)
+            except Exception as exc:
+                self.abandon()
+                self._listener_error = exc
         messages, values, last = self._take_pending()
         source = self.consumer.source
         where_from = [source(m) for m in messages]
@@ -564,6 +656,96 @@ class Pipeline:
         if self._trouble is None:
             self.health.set_ready(True, "ok")
         logger.info("partitions assigned: %s", sorted(assigned))
+
+    # --- exactly-once: transactions ------------------------------------------------------
+    def _commit_transaction(self, final: bool = False, revoking: bool = False) -> None:
+        """Commit the open transaction with the processed offsets (see the module docstring).
+
+        An unreachable broker is waited for (``/readyz`` 503, capped backoff) up to the
+        delivery timeout, or the shutdown timeout at shutdown and before partitions move;
+        then the transaction is aborted and DeliveryError stops the worker (before a
+        rebalance the abort alone is enough: the new owner re-reads). A transaction the
+        broker refuses to commit (e.g. the group moved on) is aborted and re-read.
+        """
+        if self._broken:
+            return
+        offsets = self._offsets.to_commit()
+        if not offsets and not self._in_transaction:
+            return
+        self._raise_delivery_failures()
+        if not self._in_transaction:
+            self.producer.begin_transaction()  # offsets alone: nothing was sent since the last
+            self._in_transaction = True
+        short = final or revoking
+        bound = self.config.flush_timeout_seconds if short else self.config.delivery_timeout_seconds
+        deadline = self._clock() + bound
+        while True:
+            if not short and self._stop is not None and self._stop.is_set():
+                deadline = min(deadline, self._clock() + self.config.flush_timeout_seconds)
+            wait = min(max(deadline - self._clock(), 0.1), FLUSH_SLICE_SECONDS)
+            try:
+                self.producer.commit_transaction(offsets, self.consumer.group_metadata(), wait)
+                break
+            except TransactionAbortable as exc:
+                self._abort_transaction(str(exc), rewind=not revoking)
+                return
+            except TransientError as exc:
+                if self._clock() < deadline:
+                    self._link_trouble(str(exc))
+                    self.health.beat()
+                    time.sleep(min(self._backoff, max(deadline - self._clock(), 0.0)))
+                    continue
+                if revoking:
+                    self._abort_transaction(f"not committed within {bound:g}s: {exc}", False)
+                    return
+                self.abandon()
+                raise DeliveryError(
+                    f"the transaction did not commit within {bound:g}s ({exc}); "
+                    "it is aborted and nothing past the last commit is committed"
+                ) from exc
+            except TransportError:
+                self.abandon()
+                raise
+        self._close_transaction()
+        self._aborts_in_a_row = 0
+        self.metrics.transactions.labels(result="committed").inc()
+        now = time.time()
+        for event_ts in self._transaction_event_times:
+            self.metrics.end_to_end_latency.observe(max(now - event_ts, 0.0))
+        self._transaction_event_times.clear()
+        self.committed(offsets)
+        self._link_ok()
+
+    def _close_transaction(self) -> None:
+        self._in_transaction = False
+        self._transactions_ended += 1
+
+    def _abort_transaction(self, why: str, rewind: bool = True) -> None:
+        """Abort the open transaction: nothing it sent becomes readable, its records are read
+        again (``rewind``: here, from the last committed offsets; else by the partitions'
+        next owner, as both clients revoke every partition at a rebalance)."""
+        with self._failures_lock:
+            refused = list(self._failures)  # outputs refused before the abort: the cause
+        self._close_transaction()  # deliveries failing from here on are the abort's doing
+        try:
+            self.producer.abort_transaction(self.config.flush_timeout_seconds)
+        except TransportError as exc:
+            self.abandon()
+            raise DeliveryError(f"the transaction could not be aborted ({exc})") from exc
+        with self._failures_lock:
+            self._failures = refused
+        self._transaction_event_times.clear()
+        self.metrics.transactions.labels(result="aborted").inc()
+        self._aborts_in_a_row += 1
+        logger.warning("transaction aborted (its records are processed again): %s", why)
+        self._raise_delivery_failures()
+        if self._aborts_in_a_row >= MAX_ABORTS_IN_A_ROW:
+            self.abandon()
+            raise DeliveryError(f"{self._aborts_in_a_row} transactions aborted in a row: {why}")
+        if rewind:
+            self._take_pending()
+            for partition, offset in self._offsets.rewind().items():
+                self.consumer.seek(partition, offset)
 
     def _update_lag(self) -> None:
         for partition in self._assigned:

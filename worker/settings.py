@@ -7,6 +7,7 @@ else in the package reads ``os.environ``.
 from __future__ import annotations
 
 import importlib.util
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +32,7 @@ DEFAULT_MAX_REQUEST_BYTES = 1_048_576  # Kafka's default message.max.bytes is 1,
 #: Room a dead letter needs beyond the record it carries: headers, key, batch framing.
 OUTPUT_HEADROOM_BYTES = 16_384
 DEFAULT_TOP_FEATURES = 3
+DEFAULT_TRANSACTION_TIMEOUT_SECONDS = 60.0
 
 
 class WorkerSettings(BaseSettings):
@@ -82,6 +84,16 @@ class WorkerSettings(BaseSettings):
     """How long an output is retried; then the worker exits 1 with nothing committed past it."""
     on_undecodable_batch: Literal["fail", "skip"] = "fail"
     """A batch the client cannot decode: `fail` exits 3 naming it, `skip` dead-letters it."""
+
+    # --- delivery guarantee ----------------------------------------------------------
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    """`exactly_once` commits each interval's outputs and offsets in one Kafka transaction."""
+    transactional_id: str | None = Field(None, min_length=1, max_length=200)
+    """exactly_once: this worker's transactional id; unset: `<group id>-<host name>`."""
+    transaction_timeout_seconds: float = Field(
+        DEFAULT_TRANSACTION_TIMEOUT_SECONDS, ge=1.0, le=900.0
+    )
+    """exactly_once: the broker aborts a transaction open this long (a crashed worker's)."""
 
     # --- security --------------------------------------------------------------
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -176,12 +188,59 @@ class WorkerSettings(BaseSettings):
                 f"{ENV_PREFIX}KAFKA_CLIENT=confluent needs confluent-kafka: "
                 "pip install 'anomaly-worker[confluent]'"
             )
+        if self.processing_guarantee == "exactly_once":
+            self._check_transactions()
         if len({self.input_topic, self.alert_topic, self.dlq_topic}) < 3:
             raise ValueError(
                 f"{ENV_PREFIX}INPUT_TOPIC, {ENV_PREFIX}ALERT_TOPIC and {ENV_PREFIX}DLQ_TOPIC "
                 "must be three different topics"
             )
         return self
+
+    def _check_transactions(self) -> None:
+        exactly_once = f"{ENV_PREFIX}PROCESSING_GUARANTEE=exactly_once"
+        if self.isolation_level != "read_committed":
+            raise ValueError(
+                f"{exactly_once} needs {ENV_PREFIX}ISOLATION_LEVEL=read_committed "
+                "(records of aborted upstream transactions would be scored)"
+            )
+        if self.commit_interval_seconds >= self.transaction_timeout_seconds:
+            raise ValueError(
+                f"{ENV_PREFIX}COMMIT_INTERVAL_SECONDS ({self.commit_interval_seconds:g}) must be "
+                f"below {ENV_PREFIX}TRANSACTION_TIMEOUT_SECONDS "
+                f"({self.transaction_timeout_seconds:g}): each interval is one transaction"
+            )
+        if (
+            "delivery_timeout_seconds" in self.model_fields_set
+            and self.delivery_timeout_seconds > self.transaction_timeout_seconds
+        ):
+            raise ValueError(
+                f"{ENV_PREFIX}DELIVERY_TIMEOUT_SECONDS ({self.delivery_timeout_seconds:g}) must "
+                f"not exceed {ENV_PREFIX}TRANSACTION_TIMEOUT_SECONDS "
+                f"({self.transaction_timeout_seconds:g}) with {exactly_once}: the broker aborts "
+                "a transaction whose outputs are still being retried"
+            )
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.processing_guarantee == "exactly_once"
+
+    @property
+    def effective_transactional_id(self) -> str:
+        """``ANOMALY_TRANSACTIONAL_ID``, else ``<group id>-<host name>``.
+
+        The host name is the pod's name on Kubernetes: unique per replica, and the same
+        after a container restart, so a restarted worker fences its predecessor and aborts
+        the transaction it left open.
+        """
+        return self.transactional_id or f"{self.group_id}-{socket.gethostname()}"
+
+    @property
+    def effective_delivery_timeout_seconds(self) -> float:
+        """With exactly_once, outputs are retried at most as long as a transaction may stay open."""
+        if self.exactly_once:
+            return min(self.delivery_timeout_seconds, self.transaction_timeout_seconds)
+        return self.delivery_timeout_seconds
 
 
 def describe_validation_error(error: ValidationError) -> str:

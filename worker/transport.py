@@ -34,10 +34,12 @@ __all__ = [
     "OnDelivery",
     "Producer",
     "RebalanceHooks",
+    "TransactionAbortable",
     "TransientError",
     "TransportError",
     "UndecodableError",
     "connect_with_backoff",
+    "fenced_message",
     "max_poll_interval_seconds",
     "request_timeout_seconds",
 ]
@@ -77,6 +79,19 @@ class CommitRejected(TransientError):
 
 class BrokerUnreachable(TransientError):
     """No broker answered while creating a client (at start; retried with backoff)."""
+
+
+class TransactionAbortable(TransportError):
+    """The open transaction cannot commit (e.g. the group moved on): abort it, then go on."""
+
+
+def fenced_message(transactional_id: str, detail: str) -> str:
+    """Why a transactional producer was fenced, and what to do about it."""
+    return (
+        f"fenced: a newer producer with transactional id {transactional_id!r} started ({detail}); "
+        "either a restarted worker took over from this one, or two workers share the id "
+        "(give each its own ANOMALY_TRANSACTIONAL_ID)"
+    )
 
 
 class UndecodableError(TransportError):
@@ -147,6 +162,11 @@ class Consumer(Protocol):
         """Seconds since the group coordinator last answered (None: the client cannot tell)."""
         ...
 
+    def group_metadata(self) -> object:
+        """This member's group state (generation, member id) for a transactional offset commit:
+        the broker refuses the commit of a member the group has moved on from."""
+        ...
+
     def probe_fails(self, partition: Partition, offset: int, timeout: float) -> bool:
         """Whether reading ``partition`` from ``offset`` fails to decode.
 
@@ -175,6 +195,26 @@ class Producer(Protocol):
 
     def check_topic(self, topic: str) -> None:
         """Raise OutputTopicError unless ``topic`` exists and is writable."""
+        ...
+
+    # Transactions (ANOMALY_PROCESSING_GUARANTEE=exactly_once; the producer was created
+    # transactional and has fenced any earlier producer with its transactional id).
+    def begin_transaction(self) -> None: ...
+
+    def commit_transaction(
+        self, offsets: dict[Partition, int], group: object, timeout: float
+    ) -> None:
+        """Add the consumed ``offsets`` to the open transaction and commit it: every record
+        sent since :meth:`begin_transaction` and the offsets become readable together.
+
+        TransientError: not done within ``timeout``; call again with the same offsets.
+        TransactionAbortable: abort it. TransportError: fatal (e.g. fenced by a newer
+        producer with the same transactional id).
+        """
+        ...
+
+    def abort_transaction(self, timeout: float) -> None:
+        """Abort the open transaction: read_committed readers never see what it sent."""
         ...
 
     def close(self, timeout: float) -> None: ...

@@ -30,9 +30,11 @@ from worker.transport import (
     CommitRejected,
     OnDelivery,
     RebalanceHooks,
+    TransactionAbortable,
     TransientError,
     TransportError,
     UndecodableError,
+    fenced_message,
     max_poll_interval_seconds,
     request_timeout_seconds,
 )
@@ -107,7 +109,17 @@ def consumer_config(settings: WorkerSettings) -> dict[str, Any]:
 
 
 def producer_config(settings: WorkerSettings) -> dict[str, Any]:
-    """Idempotent, acks=all: the producer's own retries never duplicate an output."""
+    """Idempotent, acks=all: the producer's own retries never duplicate an output.
+
+    With exactly_once it is transactional, its id :attr:`WorkerSettings.effective_transactional_id`.
+    """
+    delivery_timeout = settings.effective_delivery_timeout_seconds
+    transactions: dict[str, Any] = {}
+    if settings.exactly_once:
+        transactions = {
+            "transactional.id": settings.effective_transactional_id,
+            "transaction.timeout.ms": int(settings.transaction_timeout_seconds * 1000),
+        }
     return {
         **client_config(settings),
         "acks": "all",
@@ -116,10 +128,9 @@ def producer_config(settings: WorkerSettings) -> dict[str, Any]:
         "batch.size": 256 * 1024,
         "compression.type": settings.output_compression,
         "message.max.bytes": settings.max_request_bytes,
-        "delivery.timeout.ms": int(settings.delivery_timeout_seconds * 1000),
-        "request.timeout.ms": int(
-            request_timeout_seconds(settings.delivery_timeout_seconds) * 1000
-        ),
+        "delivery.timeout.ms": int(delivery_timeout * 1000),
+        "request.timeout.ms": int(request_timeout_seconds(delivery_timeout) * 1000),
+        **transactions,
     }
 
 
@@ -310,6 +321,9 @@ class ConfluentConsumer:
             return None
         return time.monotonic() - self._group_up_at
 
+    def group_metadata(self) -> object:
+        return self._consumer.consumer_group_metadata()
+
     def probe_fails(self, partition: Partition, offset: int, timeout: float) -> bool:
         if self._probe is None:
             config = consumer_config(self._settings)
@@ -343,14 +357,25 @@ class ConfluentConsumer:
 
 
 class ConfluentProducer:
-    """Idempotent, acks=all (see :func:`producer_config`)."""
+    """Idempotent, acks=all (see :func:`producer_config`); transactional with exactly_once."""
 
     def __init__(self, settings: WorkerSettings) -> None:
+        self._fatal: str | None = None
+        self._transactional_id = settings.effective_transactional_id
+        self._offsets_added = False  # a commit in progress has added its offsets already
         self._producer = ck.Producer(
             {**producer_config(settings), "error_cb": self._on_error, "logger": logger}
         )
         _metadata(self._producer)
-        self._fatal: str | None = None
+        if settings.exactly_once:
+            try:
+                # Fences any earlier producer with this id and aborts what it left open.
+                self._producer.init_transactions(METADATA_TIMEOUT_SECONDS)
+            except ck.KafkaException as exc:
+                err = exc.args[0]
+                if err.retriable():
+                    raise BrokerUnreachable(f"init_transactions: {err.str()}") from exc
+                raise self._transaction_error(err, "init_transactions") from exc
 
     def _on_error(self, err: Any) -> None:
         if err.fatal():
@@ -366,7 +391,7 @@ class ConfluentProducer:
         on_delivery: OnDelivery,
     ) -> None:
         def delivered(err: Any, _message: Any) -> None:
-            on_delivery(None if err is None else TransportError(f"{err.name()}: {err.str()}"))
+            on_delivery(None if err is None else self._classify(err, "delivery"))
 
         deadline = time.monotonic() + MAX_BLOCK_SECONDS
         while True:
@@ -405,6 +430,58 @@ class ConfluentProducer:
             )
 
     def close(self, timeout: float) -> None:
-        remaining = self._producer.flush(timeout)
+        """Never raises: a close after a fault must not hide the fault."""
+        try:
+            remaining = self._producer.flush(timeout)
+        except Exception as exc:  # a fatal error (e.g. fenced) surfaces from flush
+            logger.warning("producer close: %s", exc)
+            return
         if remaining:
             logger.warning("producer close: %d output(s) still unacknowledged", remaining)
+
+    # --- transactions -----------------------------------------------------------------
+    def begin_transaction(self) -> None:
+        try:
+            self._producer.begin_transaction()
+        except ck.KafkaException as exc:
+            raise self._transaction_error(exc.args[0], "begin_transaction") from exc
+
+    def commit_transaction(
+        self, offsets: dict[Partition, int], group: object, timeout: float
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        try:
+            if not self._offsets_added:
+                self._producer.send_offsets_to_transaction(
+                    [ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                    group,
+                    max(deadline - time.monotonic(), 0.0),
+                )
+                self._offsets_added = True
+            self._producer.commit_transaction(max(deadline - time.monotonic(), 0.0))
+        except ck.KafkaException as exc:
+            raise self._transaction_error(exc.args[0], "commit_transaction") from exc
+        self._offsets_added = False
+
+    def abort_transaction(self, timeout: float) -> None:
+        self._offsets_added = False
+        try:
+            self._producer.abort_transaction(timeout)
+        except ck.KafkaException as exc:
+            raise self._transaction_error(exc.args[0], "abort_transaction") from exc
+
+    def _transaction_error(self, err: Any, what: str) -> TransportError:
+        error = self._classify(err, what)
+        if not isinstance(error, TransientError):
+            self._offsets_added = False  # a retry (TransientError) resumes the same step
+        return error
+
+    def _classify(self, err: Any, what: str) -> TransportError:
+        text = f"{what}: {err.name()}: {err.str()}"
+        if err.code() in (ck.KafkaError._FENCED, ck.KafkaError.PRODUCER_FENCED):
+            return TransportError(fenced_message(self._transactional_id, text))
+        if err.txn_requires_abort():
+            return TransactionAbortable(text)
+        if err.retriable() and not err.fatal():
+            return TransientError(text)
+        return TransportError(text)

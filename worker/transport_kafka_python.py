@@ -19,6 +19,7 @@ from kafka.errors import (
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
+    ProducerFencedError,
     UnsupportedCodecError,
 )
 from kafka.structs import OffsetAndMetadata
@@ -34,9 +35,11 @@ from worker.transport import (
     CommitRejected,
     OnDelivery,
     RebalanceHooks,
+    TransactionAbortable,
     TransientError,
     TransportError,
     UndecodableError,
+    fenced_message,
     max_poll_interval_seconds,
     request_timeout_seconds,
 )
@@ -106,8 +109,18 @@ def consumer_config(settings: WorkerSettings) -> dict[str, Any]:
 
 
 def producer_config(settings: WorkerSettings) -> dict[str, Any]:
-    """Idempotent, acks=all: the producer's own retries never duplicate an output."""
+    """Idempotent, acks=all: the producer's own retries never duplicate an output.
+
+    With exactly_once it is transactional, its id :attr:`WorkerSettings.effective_transactional_id`.
+    """
     compression = settings.output_compression
+    delivery_timeout = settings.effective_delivery_timeout_seconds
+    transactions: dict[str, Any] = {}
+    if settings.exactly_once:
+        transactions = {
+            "transactional_id": settings.effective_transactional_id,
+            "transaction_timeout_ms": int(settings.transaction_timeout_seconds * 1000),
+        }
     return {
         **client_config(settings),
         "acks": "all",
@@ -116,13 +129,12 @@ def producer_config(settings: WorkerSettings) -> dict[str, Any]:
         "batch_size": 256 * 1024,
         "compression_type": None if compression == "none" else compression,
         "max_request_size": settings.max_request_bytes,
-        "delivery_timeout_ms": int(settings.delivery_timeout_seconds * 1000),
-        "request_timeout_ms": int(
-            request_timeout_seconds(settings.delivery_timeout_seconds) * 1000
-        ),
+        "delivery_timeout_ms": int(delivery_timeout * 1000),
+        "request_timeout_ms": int(request_timeout_seconds(delivery_timeout) * 1000),
         "max_block_ms": MAX_BLOCK_MS,
         # The worker never creates topics: a missing output topic is an error at start.
         "allow_auto_create_topics": False,
+        **transactions,
     }
 
 
@@ -212,6 +224,9 @@ class KafkaPythonConsumer:
             return None
         return time.monotonic() - max(heartbeat.last_receive, heartbeat.last_reset)
 
+    def group_metadata(self) -> object:
+        return self._consumer.group_metadata()
+
     def probe_fails(self, partition: Partition, offset: int, timeout: float) -> bool:
         if self._probe is None:
             # Outside the group (no group id), to read one partition at chosen offsets.
@@ -281,10 +296,31 @@ class _Listener(AsyncConsumerRebalanceListener):
 
 
 class KafkaPythonProducer:
-    """Idempotent, acks=all (see :func:`producer_config`)."""
+    """Idempotent, acks=all (see :func:`producer_config`); transactional with exactly_once.
+
+    The transaction calls wait through kafka-python's transaction manager, whose results
+    take a timeout (the public ``commit_transaction`` and ``send_offsets_to_transaction``
+    wait forever). A commit that times out is resumed, not started again.
+    """
 
     def __init__(self, settings: WorkerSettings) -> None:
-        self._producer: KafkaProducer = _connect(lambda: KafkaProducer(**producer_config(settings)))
+        self._transactional_id = settings.effective_transactional_id
+        self._producer: KafkaProducer = _connect(lambda: self._create(settings))
+        self._adding_offsets: Any = None  # the pending results of a commit in progress
+        self._ending: Any = None
+
+    def _create(self, settings: WorkerSettings) -> KafkaProducer:
+        producer = KafkaProducer(**producer_config(settings))
+        if settings.exactly_once:
+            try:
+                # Fences any earlier producer with this id and aborts what it left open.
+                producer.init_transactions()
+            except KafkaError as exc:
+                producer.close(timeout=0)
+                if isinstance(exc, KafkaTimeoutError | KafkaConnectionError):
+                    raise
+                raise self._transaction_error(exc, "init_transactions") from exc
+        return producer
 
     def send(
         self,
@@ -299,7 +335,12 @@ class KafkaPythonProducer:
         except KafkaError as exc:
             raise _translate(exc, "send") from exc
         future.add_callback(lambda _metadata: on_delivery(None))
-        future.add_errback(on_delivery)
+        future.add_errback(lambda exc: on_delivery(self._delivery_error(exc)))
+
+    def _delivery_error(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, ProducerFencedError):
+            return TransportError(fenced_message(self._transactional_id, repr(exc)))
+        return exc
 
     def flush(self, timeout: float) -> None:
         try:
@@ -324,6 +365,58 @@ class KafkaPythonProducer:
             self._producer.close(timeout=timeout)
         except KafkaError as exc:
             logger.warning("producer close: %s: %s", type(exc).__name__, exc)
+
+    # --- transactions -----------------------------------------------------------------
+    def begin_transaction(self) -> None:
+        try:
+            self._producer.begin_transaction()
+        except KafkaError as exc:
+            raise self._transaction_error(exc, "begin_transaction") from exc
+
+    def commit_transaction(
+        self, offsets: dict[Partition, int], group: object, timeout: float
+    ) -> None:
+        manager, sender = self._producer._transaction_manager, self._producer._sender
+        deadline = time.monotonic() + timeout
+        try:
+            if self._adding_offsets is None:
+                self._adding_offsets = manager.send_offsets_to_transaction(
+                    kafka_offsets(offsets), group
+                )
+                sender.wakeup()
+            self._wait(self._adding_offsets, deadline, "adding the offsets to the transaction")
+            if self._ending is None:
+                self._ending = manager.begin_commit()
+                sender.wakeup()
+            self._wait(self._ending, deadline, "committing the transaction")
+        except KafkaError as exc:
+            self._adding_offsets = self._ending = None
+            raise self._transaction_error(exc, "commit_transaction") from exc
+        self._adding_offsets = self._ending = None
+
+    def abort_transaction(self, timeout: float) -> None:
+        manager, sender = self._producer._transaction_manager, self._producer._sender
+        self._adding_offsets = self._ending = None
+        try:
+            result = manager.begin_abort()
+            sender.wakeup()
+            self._wait(result, time.monotonic() + timeout, "aborting the transaction")
+        except KafkaError as exc:
+            raise self._transaction_error(exc, "abort_transaction") from exc
+
+    @staticmethod
+    def _wait(result: Any, deadline: float, what: str) -> None:
+        """Wait for a transaction manager result (its error raises); TransientError if late."""
+        if not result.wait(timeout_ms=max(deadline - time.monotonic(), 0.0) * 1000):
+            raise TransientError(f"{what}: no answer from the transaction coordinator yet")
+
+    def _transaction_error(self, exc: KafkaError, what: str) -> TransportError:
+        manager = self._producer._transaction_manager if hasattr(self, "_producer") else None
+        if isinstance(exc, ProducerFencedError) or "Fenced" in type(exc).__name__:
+            return TransportError(fenced_message(self._transactional_id, f"{what}: {exc}"))
+        if manager is not None and manager.has_abortable_error():
+            return TransactionAbortable(f"{what}: {type(exc).__name__}: {exc}")
+        return _translate(exc, what)
 
 
 def kafka_offsets(offsets: dict[Partition, int]) -> dict[TopicPartition, OffsetAndMetadata]:

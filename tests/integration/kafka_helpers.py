@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import Producer
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.consumer.fetcher import Fetcher
+from kafka.record import MemoryRecords
 
 
 @dataclass(frozen=True)
@@ -86,10 +90,14 @@ def read_topic(
     expect: int,
     timeout_seconds: float = 30.0,
     settle_seconds: float = 0.5,
+    isolation_level: str = "read_uncommitted",
 ):
     """Every record of ``topic`` once ``expect`` arrived, plus a short settle for extras."""
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
+        isolation_level=isolation_level,
     )
     try:
         deadline = time.monotonic() + timeout_seconds
@@ -113,6 +121,91 @@ def read_topic(
         return records
     finally:
         consumer.close()
+
+
+def broker_filters_aborted_records(bootstrap: str, topic: str) -> bool:
+    """Whether the broker keeps records of aborted transactions from read_committed readers
+    (Apache Kafka does; the embedded Tansu does not). Writes one aborted record to ``topic``."""
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"probe-{topic}"})
+    producer.init_transactions()
+    producer.begin_transaction()
+    producer.produce(topic, value=b"probe", partition=0)
+    producer.flush()
+    producer.abort_transaction()
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    )
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        consumer.seek_to_beginning()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            if any(r.value == b"probe" for rs in consumer.poll(200).values() for r in rs):
+                return False
+        return True
+    finally:
+        consumer.close()
+
+
+_FENCING: dict[str, bool] = {}
+
+
+def broker_fences_stale_generations(bootstrap: str, topic: str) -> bool:
+    """Whether the broker refuses transactional offsets of a consumer group generation that has
+    moved on (KIP-447's zombie fencing; Apache Kafka 2.5+ does, the embedded Tansu does not).
+
+    Joins two members to a throw-away group on ``topic`` (created, 2 partitions), then commits
+    offsets in a transaction with the first member's metadata from before the second joined.
+    The answer is cached per broker.
+    """
+    if bootstrap in _FENCING:
+        return _FENCING[bootstrap]
+    from confluent_kafka import Consumer, KafkaException
+    from confluent_kafka import TopicPartition as Tp
+
+    create_topics(bootstrap, [topic], partitions=2)
+    group = f"fencing-probe-{uuid.uuid4().hex[:8]}"
+
+    def member() -> Consumer:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group,
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 1000,
+                "enable.auto.commit": False,
+            }
+        )
+        consumer.subscribe([topic])
+        return consumer
+
+    first = member()
+    second = None
+    try:
+        wait_for(lambda: first.poll(0.1) is None and first.assignment(), 30, 0, "a first member")
+        stale = first.consumer_group_metadata()
+        second = member()
+        wait_for(
+            lambda: (first.poll(0.05), second.poll(0.05)) and second.assignment(),
+            30,
+            0,
+            "a rebalance",
+        )
+        producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": group})
+        producer.init_transactions(10)
+        producer.begin_transaction()
+        try:
+            producer.send_offsets_to_transaction([Tp(topic, 0, 0)], stale, 10)
+            producer.commit_transaction(10)
+            fenced = False
+        except KafkaException:
+            fenced = True
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+    _FENCING[bootstrap] = fenced
+    return fenced
 
 
 def committed(bootstrap: str, group: str, topic: str, partitions: Iterable[int]) -> dict[int, int]:
@@ -141,8 +234,98 @@ def wait_committed(
     bootstrap: str, group: str, topic: str, ends: dict[int, int], timeout_seconds: float = 60
 ):
     """Wait until ``group`` has committed ``topic`` up to ``ends`` (partition -> end offset)."""
-    wait_for(
-        lambda: committed(bootstrap, group, topic, ends) == ends,
-        timeout_seconds,
-        message=f"{group} to commit {topic} up to {ends}",
+    seen: dict[int, int] = {}
+
+    def done() -> bool:
+        seen.update(committed(bootstrap, group, topic, ends))
+        return seen == ends
+
+    try:
+        wait_for(done, timeout_seconds, message=f"{group} to commit {topic} up to {ends}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; committed: {dict(sorted(seen.items()))}") from None
+
+
+@dataclass
+class TopicLog:
+    """A topic's records by the fate of the transaction they were written in.
+
+    Worked out from the log itself, as a broker does for ``read_committed`` readers: a
+    transactional record is committed or aborted by the next control record (commit or
+    abort marker) of its producer in its partition, and open while there is none yet.
+    Records written outside transactions are committed.
+    """
+
+    committed: list[Any] = field(default_factory=list)
+    aborted: list[Any] = field(default_factory=list)
+    open: list[Any] = field(default_factory=list)
+
+
+def read_log(bootstrap: str, topic: str, timeout_seconds: float = 60.0) -> TopicLog:
+    """Every record of ``topic`` (read uncommitted), sorted into a :class:`TopicLog`.
+
+    Reads each partition to its high-water mark. Record batch headers (producer id,
+    transactional flag, control markers) are taken from the fetch responses through a
+    recording subclass of kafka-python's ``Fetcher.PartitionRecords``.
+    """
+    batches: dict[tuple[str, int], dict[int, tuple[int, bool, str | None, int]]] = defaultdict(dict)
+
+    class Recording(Fetcher.PartitionRecords):  # type: ignore[misc,name-defined]
+        def __init__(self, fetch_offset, tp, records, *args, **kwargs):  # type: ignore[no-untyped-def]
+            scan = MemoryRecords(bytes(records._buffer))
+            while (batch := scan.next_batch()) is not None:
+                marker = None
+                if batch.is_control_batch:
+                    marker = "commit" if next(iter(batch)).commit else "abort"
+                batches[(tp.topic, tp.partition)][batch.base_offset] = (
+                    batch.producer_id,
+                    batch.is_transactional,
+                    marker,
+                    batch.last_offset,
+                )
+            super().__init__(fetch_offset, tp, records, *args, **kwargs)
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_uncommitted",
+        fetch_max_wait_ms=100,
     )
+    consumer._fetcher.PartitionRecords = Recording
+    try:
+        partitions = wait_for(
+            lambda: consumer.partitions_for_topic(topic), timeout_seconds, 0.1, f"topic {topic}"
+        )
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        consumer.seek_to_beginning()
+        records: dict[tuple[int, int], Any] = {}
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.update({(r.partition, r.offset): r for r in batch})
+            ends = [consumer.highwater(tp) for tp in tps]
+            if all(
+                e is not None and consumer.position(tp) >= e
+                for tp, e in zip(tps, ends, strict=True)
+            ):
+                break
+        else:
+            raise AssertionError(f"{topic} not read to its end in {timeout_seconds}s")
+    finally:
+        consumer.close()
+    log = TopicLog()
+    for (_, partition), by_base in batches.items():
+        pending: dict[int, list[Any]] = defaultdict(list)
+        for base in sorted(by_base):
+            producer_id, transactional, marker, last = by_base[base]
+            if marker is not None:
+                fate = log.committed if marker == "commit" else log.aborted
+                fate.extend(pending.pop(producer_id, []))
+                continue
+            offsets = [(partition, o) for o in range(base, last + 1)]
+            mine = [records[key] for key in offsets if key in records]
+            (pending[producer_id] if transactional else log.committed).extend(mine)
+        for left in pending.values():
+            log.open.extend(left)
+    return log

@@ -37,15 +37,21 @@ class Traffic:
         self.ends: dict[int, int] = {}
         self.sent = 0
         self.bad = 0
+        self._burst = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def burst(self, n: int) -> None:
+        """Add ``n`` records to the next chunk: a backlog the workers need a while to drain."""
+        self._burst += n
 
     def _run(self) -> None:
         chunk = max(int(self.rate / 10), 1)
         while not self._stop.is_set():
             started = time.monotonic()
             values, keys = [], []
-            for _ in range(chunk):
+            extra, self._burst = self._burst, 0
+            for _ in range(chunk + extra):
                 i = self.sent
                 if i % 97 == 0:
                     values.append(b"not json")

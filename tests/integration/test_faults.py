@@ -16,6 +16,7 @@ from demo.broker import LocalBroker, free_port
 from tests.helpers import record
 from tests.integration.conftest import CLIENTS
 from tests.integration.kafka_helpers import (
+    broker_filters_aborted_records,
     create_topics,
     produce,
     read_topic,
@@ -111,37 +112,12 @@ def test_tombstones_null_keys_and_headers(kafka_bootstrap, topics, start_worker)
     assert worker.terminate() == 0
 
 
-def _broker_filters_aborted_records(bootstrap: str, topic: str) -> bool:
-    from confluent_kafka import Producer
-    from kafka import KafkaConsumer, TopicPartition
-
-    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"probe-{topic}"})
-    producer.init_transactions()
-    producer.begin_transaction()
-    producer.produce(topic, value=b"probe", partition=0)
-    producer.flush()
-    producer.abort_transaction()
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
-    )
-    try:
-        consumer.assign([TopicPartition(topic, 0)])
-        consumer.seek_to_beginning()
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            if any(r.value == b"probe" for rs in consumer.poll(200).values() for r in rs):
-                return False
-        return True
-    finally:
-        consumer.close()
-
-
 def test_records_of_aborted_transactions_are_never_scored(kafka_bootstrap, topics, start_worker):
     from confluent_kafka import Producer
 
     probe = topics.input + "-probe"
     create_topics(kafka_bootstrap, [probe], partitions=1)
-    if not _broker_filters_aborted_records(kafka_bootstrap, probe):
+    if not broker_filters_aborted_records(kafka_bootstrap, probe):
         pytest.skip("this broker returns aborted records to read_committed readers (Tansu does)")
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": topics.group})
     producer.init_transactions()

@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 
@@ -77,12 +78,56 @@ def test_reads_env_and_dotenv(monkeypatch, tmp_path):
             "ANOMALY_OUTPUT_COMPRESSION: Input should be 'none', 'gzip', 'snappy', 'lz4' or 'zstd'",
         ),
         ({"ANOMALY_ON_UNDECODABLE_BATCH": "ignore"}, "Input should be 'fail' or 'skip'"),
+        (
+            {"ANOMALY_PROCESSING_GUARANTEE": "exactly-once"},
+            "Input should be 'at_least_once' or 'exactly_once'",
+        ),
+        (
+            {
+                "ANOMALY_PROCESSING_GUARANTEE": "exactly_once",
+                "ANOMALY_ISOLATION_LEVEL": "read_uncommitted",
+            },
+            "ANOMALY_PROCESSING_GUARANTEE=exactly_once needs "
+            "ANOMALY_ISOLATION_LEVEL=read_committed",
+        ),
+        (
+            {
+                "ANOMALY_PROCESSING_GUARANTEE": "exactly_once",
+                "ANOMALY_COMMIT_INTERVAL_SECONDS": "90",
+            },
+            "ANOMALY_COMMIT_INTERVAL_SECONDS (90) must be below "
+            "ANOMALY_TRANSACTION_TIMEOUT_SECONDS (60)",
+        ),
+        (
+            {
+                "ANOMALY_PROCESSING_GUARANTEE": "exactly_once",
+                "ANOMALY_DELIVERY_TIMEOUT_SECONDS": "120",
+            },
+            "ANOMALY_DELIVERY_TIMEOUT_SECONDS (120) must not exceed "
+            "ANOMALY_TRANSACTION_TIMEOUT_SECONDS (60)",
+        ),
+        ({"ANOMALY_TRANSACTION_TIMEOUT_SECONDS": "3600"}, "less than or equal to 900"),
     ],
 )
 def test_bad_values_name_the_variable(monkeypatch, env, expected):
     line = error_line(monkeypatch, **env)
     assert expected in line
     assert "\n" not in line
+
+
+def test_exactly_once_defaults_need_no_other_setting(monkeypatch):
+    monkeypatch.setenv("ANOMALY_PROCESSING_GUARANTEE", "exactly_once")
+    monkeypatch.setenv("ANOMALY_GROUP_ID", "fraud")
+    settings = WorkerSettings()
+    assert settings.exactly_once
+    # One id per replica (the pod's name), the same after a restart of the container.
+    assert settings.effective_transactional_id == f"fraud-{socket.gethostname()}"
+    # Outputs are not retried past the broker's abort of their transaction.
+    assert settings.effective_delivery_timeout_seconds == 60.0
+    monkeypatch.setenv("ANOMALY_TRANSACTIONAL_ID", "fraud-worker-0")
+    assert WorkerSettings().effective_transactional_id == "fraud-worker-0"
+    monkeypatch.delenv("ANOMALY_PROCESSING_GUARANTEE")
+    assert WorkerSettings().effective_delivery_timeout_seconds == 120.0
 
 
 def test_password_is_never_echoed(monkeypatch):
@@ -160,6 +205,13 @@ def test_settings_map_to_the_kafka_client_options(monkeypatch, mechanism):
     assert short["delivery_timeout_ms"] > short["linger_ms"] + short["request_timeout_ms"]
     monkeypatch.setenv("ANOMALY_OUTPUT_COMPRESSION", "none")
     assert producer_config(WorkerSettings())["compression_type"] is None
+    assert "transactional_id" not in producer
+    monkeypatch.setenv("ANOMALY_PROCESSING_GUARANTEE", "exactly_once")
+    monkeypatch.setenv("ANOMALY_TRANSACTIONAL_ID", "fraud-0")
+    transactional = producer_config(WorkerSettings())
+    assert transactional["transactional_id"] == "fraud-0"
+    assert transactional["transaction_timeout_ms"] == 60_000
+    assert transactional["enable_idempotence"] is True and transactional["acks"] == "all"
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-512"])
@@ -190,6 +242,14 @@ def test_settings_map_to_librdkafka_properties_it_accepts(monkeypatch, tmp_path,
     settings = WorkerSettings(bootstrap_servers="127.0.0.1:1")
     confluent_kafka.Producer(producer_config(settings)).flush(0)
     confluent_kafka.Consumer(consumer_config(settings)).close()
+    monkeypatch.setenv("ANOMALY_PROCESSING_GUARANTEE", "exactly_once")
+    transactional = producer_config(WorkerSettings(bootstrap_servers="127.0.0.1:1"))
+    assert (
+        transactional["transactional.id"]
+        == settings.group_id + "-" + __import__("socket").gethostname()
+    )
+    assert transactional["delivery.timeout.ms"] <= transactional["transaction.timeout.ms"]
+    confluent_kafka.Producer(transactional).flush(0)  # librdkafka accepts the combination
 
 
 def test_the_confluent_client_without_confluent_kafka_is_one_clear_line(monkeypatch):
