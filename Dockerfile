@@ -28,10 +28,10 @@ COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY training ./training
 COPY demo ./demo
-# The project itself, with the librdkafka transport (ANOMALY_KAFKA_CLIENT=confluent);
-# its dependency ranges live in pyproject.toml.
+# The project itself, with the librdkafka transport (ANOMALY_KAFKA_CLIENT=confluent) and
+# Parquet input for training; its dependency ranges live in pyproject.toml.
 # hadolint ignore=DL3013
-RUN pip install ".[confluent]"
+RUN pip install ".[confluent,parquet]"
 
 FROM ${PYTHON_IMAGE}
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin app \

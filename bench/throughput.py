@@ -2,13 +2,15 @@
 
     .venv/bin/python bench/throughput.py [--records 400000] [--loads 5000,20000,50000]
         [--load-seconds 20] [--clients kafka-python,confluent] [--device cpu|cuda]
-        [--guarantees at_least_once,exactly_once]
+        [--guarantees at_least_once,exactly_once] [--drift on,off]
 
 On one broker and one pre-filled topic (N 8-feature JSON records, 1% anomalous):
 
 1. a bare kafka-python consumer (the worker's consumer settings) drains the topic;
 2. a bare confluent-kafka (librdkafka) consumer drains it;
-3. for each transport (and each processing guarantee asked for), a real ``anomaly-worker run``
+3. for each transport (and each processing guarantee and drift setting asked for: with
+   ``--drift on,off`` every worker phase also runs with ``ANOMALY_DRIFT=false``, the
+   bundle's drift reference unused), a real ``anomaly-worker run``
    process drains it (its consumed count is scraped from /metrics every 100 ms) until every
    offset is committed; then it serves fixed offered loads (records/s, 5% anomalous) while a
    ``read_committed`` reader measures event -> alert latency (the alert's receive time minus
@@ -66,17 +68,21 @@ def main() -> int:
     parser.add_argument(
         "--guarantees", default="at_least_once", help="ANOMALY_PROCESSING_GUARANTEE values"
     )
+    parser.add_argument("--drift", default="on", help="on, off or on,off (ANOMALY_DRIFT)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--env", action="append", default=[], help="extra ANOMALY_X=Y for workers")
     args = parser.parse_args()
     loads = [float(x) for x in args.loads.split(",") if x]
     clients = [c for c in args.clients.split(",") if c]
     guarantees = [g for g in args.guarantees.split(",") if g]
-    # (client, guarantee) pairs and how their rows are named
-    runs = [(c, g) for c in clients for g in guarantees]
+    drifts = [d == "on" for d in args.drift.split(",") if d]
+    # (client, guarantee, drift) and how their rows are named
+    runs = [(c, g, d) for c in clients for g in guarantees for d in drifts]
 
-    def named(client: str, guarantee: str) -> str:
-        return f"worker on {client}" + (f" ({guarantee})" if len(guarantees) > 1 else "")
+    def named(client: str, guarantee: str, drift: bool = True) -> str:
+        details = [guarantee] if len(guarantees) > 1 else []
+        details += [] if len(drifts) == 1 else ["drift on" if drift else "drift off"]
+        return f"worker on {client}" + (f" ({', '.join(details)})" if details else "")
 
     rows: list[tuple[str, float, float]] = []  # (what, steady records/s, CPU s per 1M)
     latency: list[tuple[str, float, float, float, float]] = []  # (what, load, p50, p99, cpu%)
@@ -118,7 +124,7 @@ def main() -> int:
         print(f"bare confluent-kafka: {rate:,.0f} records/s, {cpu:.1f} CPU s/1M", flush=True)
 
         def start_worker(
-            client: str, guarantee: str, broker: str, input_topic: str
+            client: str, guarantee: str, drift: bool, broker: str, input_topic: str
         ) -> tuple[Any, int, str]:
             """A worker process on ``broker``: (process, metrics port, alert topic)."""
             suffix = uuid.uuid4().hex[:6]
@@ -131,6 +137,7 @@ def main() -> int:
                 **os.environ,
                 "ANOMALY_KAFKA_CLIENT": client,
                 "ANOMALY_PROCESSING_GUARANTEE": guarantee,
+                "ANOMALY_DRIFT": "true" if drift else "false",
                 "ANOMALY_TRANSACTIONAL_ID": f"bench-{suffix}",
                 "ANOMALY_BOOTSTRAP_SERVERS": broker,
                 "ANOMALY_INPUT_TOPIC": input_topic,
@@ -159,9 +166,9 @@ def main() -> int:
                 time.sleep(0.1)
             return process, port, alerts
 
-        for client, guarantee in runs:
-            name = named(client, guarantee)
-            worker, port, _ = start_worker(client, guarantee, bootstrap, topic)
+        for client, guarantee, drift in runs:
+            name = named(client, guarantee, drift)
+            worker, port, _ = start_worker(client, guarantee, drift, bootstrap, topic)
             rate, cpu = worker_drain(port, args.records, worker.pid)
             rows.append((name, rate, cpu))
             print(f"{name}: {rate:,.0f} records/s, {cpu:.1f} CPU s/1M", flush=True)
@@ -179,7 +186,9 @@ def main() -> int:
                     admin = KafkaAdminClient(bootstrap_servers=broker)
                     admin.create_topics([NewTopic(load_topic, args.partitions, 1)])
                     admin.close()
-                    worker, port, alerts = start_worker(client, guarantee, broker, load_topic)
+                    worker, port, alerts = start_worker(
+                        client, guarantee, drift, broker, load_topic
+                    )
                     p50, p99, share, bare50, bare99 = offered_load(
                         broker, load_topic, alerts, load, args.load_seconds, worker.pid
                     )
@@ -207,10 +216,14 @@ def main() -> int:
     for what, rate, cpu in rows:
         print(f"| {what} | {rate:,.0f} | {cpu:.1f} |")
     by = {what: rate for what, rate, _ in rows}
-    for client, guarantee in runs:
+    for client, guarantee, drift in runs:
         bare = "bare kafka-python" if client == "kafka-python" else "bare confluent-kafka"
-        name = named(client, guarantee)
+        name = named(client, guarantee, drift)
         print(f"{name} / {bare}: {by[name] / by[bare]:.2f}")
+    for client, guarantee, drift in runs if len(drifts) > 1 else ():
+        if drift:
+            on, off = named(client, guarantee, True), named(client, guarantee, False)
+            print(f"{client} {guarantee}: drift on / drift off records/s: {by[on] / by[off]:.2f}")
     for guarantee in guarantees if len(clients) == 2 else ():
         ratio = by[named("confluent", guarantee)] / by[named("kafka-python", guarantee)]
         print(f"{named('confluent', guarantee)} / {named('kafka-python', guarantee)}: {ratio:.2f}")

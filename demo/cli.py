@@ -23,7 +23,9 @@ import urllib.request
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.structs import OffsetAndMetadata
@@ -110,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                 "ANOMALY_METRICS_PORT": str(port),
                 "ANOMALY_SESSION_TIMEOUT_SECONDS": "6",
                 "ANOMALY_LOG_FORMAT": "json",
+                # Drift over the last ~2 s of traffic, so the episode shows within a short run.
+                "ANOMALY_DRIFT_WINDOW_RECORDS": str(max(1_000, int(2 * args.rate))),
             },
             stdout=log_path.open("ab"),
             stderr=subprocess.STDOUT,
@@ -124,12 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         alerts = AlertCollector(bootstrap, topics["alerts"])
         alerts.start()
         stack.callback(alerts.stop)
-        truth = stream(bootstrap, topics["input"], generator, args, port, alerts, stop)
+        truth, drift = stream(bootstrap, topics["input"], generator, args, port, alerts, stop)
         drain(port, len(truth), 20)
         time.sleep(1.0)
         metrics = scrape(port)
         code = stop_process(worker)
-        summary(truth, alerts.ids(), metrics)
+        summary(truth, alerts.ids(), metrics, drift)
         return 0 if code == 0 else 1
 
 
@@ -182,9 +186,12 @@ def stream(
     port: int,
     alerts: AlertCollector,
     stop: threading.Event,
-) -> dict[str, str]:
+) -> tuple[dict[str, str], dict[str, float]]:
+    """Stream live traffic; the events sent by id, and the largest score drift seen before the
+    drift episode (``before``) and from its start on (``since``)."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
     truth: dict[str, str] = {}
+    drift = {"before": float("nan"), "since": float("nan")}
     started = time.monotonic()
     sent = 0
     with Live(
@@ -201,17 +208,19 @@ def stream(
                     truth[event.id] = event.kind
                 sent += due
             if now >= next_view:
-                live.update(view(scrape(port), truth, alerts.ids(), now - started))
-                next_view = now + 1.0
+                metrics = scrape(port)
+                live.update(view(metrics, truth, alerts.ids(), now - started))
+                phase = "before" if progress < 1 / 3 else "since"
+                value = metrics.get("anomaly_score_drift", float("nan"))
+                drift[phase] = float(np.fmax(drift[phase], value))  # NaN: no value yet
+                next_view = now + 0.5
             time.sleep(0.01)
     producer.flush()
     producer.close()
-    return truth
+    return truth, drift
 
 
-def view(
-    m: dict[str, float], truth: dict[str, str], alerted: set[str], elapsed: float
-) -> RichTable:
+def view(m: dict[str, Any], truth: dict[str, str], alerted: set[str], elapsed: float) -> RichTable:
     precision, recall = score(truth, alerted)
     table = RichTable(
         title=f"anomaly-worker live ({elapsed:.0f}s)", show_header=False, min_width=52
@@ -228,16 +237,32 @@ def view(
     table.add_row(
         "p99 event -> alert", f"{m.get('p99_latency_seconds', float('nan')) * 1000:.0f} ms"
     )
+    # The score's drift, not the features': the demo squeezes a day into two minutes, so a
+    # few seconds of traffic hold a narrow slice of the daily cycle each feature follows.
+    table.add_row("score drift (PSI)", band(m.get("anomaly_score_drift", float("nan"))))
+    feature, share = m.get("outside_feature", ""), m.get("outside_share", 0.0)
+    table.add_row(f"outside training range ({feature or '-'})", f"{share:.1%}")
     return table
 
 
-def scrape(port: int) -> dict[str, float]:
+def band(psi: float) -> str:
+    """A PSI value with its band: < 0.1 stable, 0.1-0.25 moderate, > 0.25 significant."""
+    if psi != psi:
+        return "-"
+    if psi < 0.1:
+        return f"[green]{psi:.2f} stable[/]"
+    if psi <= 0.25:
+        return f"[yellow]{psi:.2f} moderate[/]"
+    return f"[bold red]{psi:.2f} DRIFT[/]"
+
+
+def scrape(port: int) -> dict[str, Any]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
             text = response.read().decode()
     except OSError:
         return {}
-    values: dict[str, float] = {}
+    values: dict[str, Any] = {}
     buckets: list[tuple[float, float]] = []
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -245,6 +270,10 @@ def scrape(port: int) -> dict[str, float]:
                 buckets.append((float(s.labels["le"]), s.value))
             elif s.name == "anomaly_records_invalid_total":
                 values["invalid"] = values.get("invalid", 0.0) + s.value
+            elif s.name == "anomaly_feature_out_of_range_ratio":
+                if s.value > values.get("outside_share", 0.0):
+                    values["outside_share"] = s.value
+                    values["outside_feature"] = s.labels["feature"]
             else:
                 values.setdefault(s.name, s.value)
     values["p99_latency_seconds"] = quantile(sorted(buckets), 0.99)
@@ -275,7 +304,9 @@ def score(truth: dict[str, str], alerted: set[str]) -> tuple[float, float]:
     return precision, recall
 
 
-def summary(truth: dict[str, str], alerted: set[str], metrics: dict[str, float]) -> None:
+def summary(
+    truth: dict[str, str], alerted: set[str], metrics: dict[str, Any], drift: dict[str, float]
+) -> None:
     precision, recall = score(truth, alerted)
     kinds = {k: sum(1 for v in truth.values() if v == k) for k in sorted(set(truth.values()))}
     caught = {
@@ -290,6 +321,10 @@ def summary(truth: dict[str, str], alerted: set[str], metrics: dict[str, float])
     print(f"alerts:              {len(alerted)}  caught by kind: {caught}")
     print(f"precision / recall:  {precision:.3f} / {recall:.3f}")
     print(f"p99 end-to-end:      {p99_ms:.0f} ms")
+    print(
+        f"score drift (PSI):   {drift['before']:.2f} at most before the drift episode, "
+        f"{drift['since']:.2f} from its start (0.25: significant)"
+    )
 
 
 class AlertCollector(threading.Thread):

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from worker.bundle import BundleMetadata, ThresholdCalibration, write_bundle
+from worker.bundle import BundleMetadata, DriftReference, ThresholdCalibration, write_bundle
 
 NAMES = ("cpu", "mem", "disk", "net")
 
@@ -31,6 +31,7 @@ def write_distance_bundle(
     names: tuple[str, ...] = NAMES,
     threshold: float = 4.0,
     version: str = "test-v1",
+    drift_reference: DriftReference | None = None,
 ) -> BundleMetadata:
     """A bundle whose score is the mean squared distance from 0: easy to reason about in tests."""
     buffer = io.BytesIO()
@@ -43,8 +44,19 @@ def write_distance_bundle(
         training={"rows_train": 0},
         sha256="",
         torch_version=torch.__version__,
+        drift_reference=drift_reference,
     )
     return write_bundle(directory, buffer.getvalue(), metadata)
+
+
+def standard_normal_reference(rows: int = 20_000, seed: int = 0) -> DriftReference:
+    """The drift reference of standard normal training traffic for the distance bundle."""
+    import numpy as np
+
+    from worker.drift import build_reference
+
+    X = np.random.default_rng(seed).normal(size=(rows, len(NAMES)))
+    return build_reference(X, (X[: rows // 5] ** 2).mean(axis=1))
 
 
 def record(features: object, **fields: object) -> bytes:

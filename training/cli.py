@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from training.data import Table, load_table
+from training.drift_check import Drift, drift_from_metrics, drift_of_window
 from training.evaluate import evaluate, plot_curves, score_table
 from training.exceptions import TrainingError
 from training.fit import FitConfig, fit_bundle
@@ -31,7 +32,7 @@ from training.promotion import GateConfig, promote, prune, register, retain, rol
 from training.report import write_report
 from worker.exceptions import BundleError
 from worker.logs import configure_logging
-from worker.registry import Registry
+from worker.registry import Registry, resolve_bundle
 from worker.scoring import Scorer
 from worker.settings import WorkerSettings, describe_validation_error
 from worker.transport_kafka_python import client_config
@@ -39,6 +40,7 @@ from worker.transport_kafka_python import client_config
 logger = logging.getLogger("training")
 
 KAFKA_TRAINING_TRIM = 0.01  # robust pass default for traffic read from Kafka
+ENCODE_BATCH = 10_000  # rows per model call when encoding a file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +113,28 @@ def cmd_score(args: argparse.Namespace) -> int:
             writer.writerow([i, f"{float(s):.9g}", int(s > threshold)])
     logger.info(
         "scored %d rows with model %s into %s", len(scores), scorer.metadata.version, args.output
+    )
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    table = load_table(args.input)
+    scorer = Scorer.load(resolve_bundle(args.model)[0], args.device)
+    X = table.columns_for(scorer.metadata.feature_names)
+    latent = np.concatenate(
+        [scorer.encode(X[i : i + ENCODE_BATCH]) for i in range(0, len(X), ENCODE_BATCH)]
+    )
+    version = np.array(scorer.metadata.version)
+    if table.y is None:
+        np.savez_compressed(args.output, Z=latent, model_version=version)
+    else:
+        np.savez_compressed(args.output, Z=latent, model_version=version, y=table.y)
+    logger.info(
+        "encoded %d rows into %d latent features with model %s: %s",
+        len(latent),
+        latent.shape[1],
+        scorer.metadata.version,
+        args.output,
     )
     return 0
 
@@ -194,14 +218,33 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def retrain_once(args: argparse.Namespace) -> bool:
-    """Read a window, keep normal rows, register a candidate, gate it on the newest 20%."""
+    """Read a window, keep normal rows, register a candidate, gate it on the newest 20%.
+
+    With ``--if-drift``, only when the drift of recent traffic from the current model's
+    training traffic passes ``--drift-threshold`` (True, nothing done, when it does not).
+    """
     registry = Registry.create(args.registry)
-    traffic, _ = _kafka_traffic(args, registry)
+    traffic, current = _kafka_traffic(args, registry)
+    trigger: dict[str, Any] | None = None
+    if args.if_drift:
+        drift = _measure_drift(args, traffic, current)
+        if drift is None:
+            trigger = {"drift": None, "reason": "no current model with a drift reference"}
+            logger.info("no current model with a drift reference to compare with: retraining")
+        elif not drift.exceeds(args.drift_threshold):
+            logger.info(
+                "no drift above %.2f (%s): not retraining", args.drift_threshold, drift.describe()
+            )
+            print(f"not retrained: {drift.describe()}, threshold {args.drift_threshold}")
+            return True
+        else:
+            trigger = {"drift": drift.to_dict(), "threshold": args.drift_threshold}
+            logger.info("drift above %.2f (%s): retraining", args.drift_threshold, drift.describe())
     X, order = traffic.table.X, np.argsort(traffic.timestamps, kind="stable")
     cut = int(len(order) * 0.8)
     train_rows, sample_rows = np.sort(order[:cut]), np.sort(order[cut:])
     table = Table(X[train_rows], traffic.table.feature_names)
-    version = register(registry, table, _fit_config(args, kafka=True), traffic.excluded)
+    version = register(registry, table, _fit_config(args, kafka=True), traffic.excluded, trigger)
     result = promote(registry, version, X[sample_rows], _gate_config(args))
     _print_gate(version, result)
     removed = retain(registry, args.keep)
@@ -211,6 +254,20 @@ def retrain_once(args: argparse.Namespace) -> bool:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+def _measure_drift(args: argparse.Namespace, traffic: Any, current: Scorer | None) -> Drift | None:
+    """From the workers' /metrics (``--drift-from``), else on the window read."""
+    if args.drift_from:
+        return drift_from_metrics(args.drift_from)
+    if current is None or current.metadata.drift_reference is None:
+        return None
+    return drift_of_window(
+        current.metadata.drift_reference,
+        current.metadata.feature_names,
+        traffic.window,
+        traffic.window_scores,
+    )
+
+
 def _kafka_traffic(
     args: argparse.Namespace, registry: Registry | None
 ) -> tuple[Any, Scorer | None]:
@@ -449,7 +506,9 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     fit = sub.add_parser("fit", help="train an autoencoder; write a bundle or register a candidate")
-    fit.add_argument("--input", type=Path, help=".npz (X[, y]), .csv (header) or .jsonl records")
+    fit.add_argument(
+        "--input", type=Path, help=".npz (X[, y]), .csv (header), .parquet or .jsonl records"
+    )
     fit.add_argument(
         "--from-kafka", action="store_true", help="train on a window of the input topic"
     )
@@ -473,6 +532,17 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--output", type=Path, required=True, help="CSV: row, score, alert")
     score.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
     score.set_defaults(handler=cmd_score)
+
+    enc = sub.add_parser(
+        "encode", help="the autoencoder's latent features of each input row (a feature extractor)"
+    )
+    enc.add_argument("--model", type=Path, required=True, help="a bundle or a registry")
+    enc.add_argument("--input", type=Path, required=True)
+    enc.add_argument(
+        "--output", type=Path, required=True, help=".npz: Z [rows, latent] (and y if labelled)"
+    )
+    enc.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+    enc.set_defaults(handler=cmd_encode)
 
     ev = sub.add_parser("evaluate", help="ROC-AUC, PR-AUC, precision/recall/F1 on labelled rows")
     ev.add_argument("--model", type=Path, required=True)
@@ -520,6 +590,26 @@ def _parser() -> argparse.ArgumentParser:
             default=10,
             help="after each cycle keep the newest K versions (plus current and its rollback "
             "target) and only the newest rejected candidate (10)",
+        )
+        g = p.add_argument_group("retrain only on drift")
+        g.add_argument(
+            "--if-drift",
+            action="store_true",
+            help="retrain only when recent traffic drifted from the current model's training "
+            "traffic (population stability index of a feature or of the score)",
+        )
+        g.add_argument(
+            "--drift-threshold",
+            type=float,
+            default=0.25,
+            help="the drift that triggers retraining (0.25: 'significant' in PSI's bands)",
+        )
+        g.add_argument(
+            "--drift-from",
+            action="append",
+            metavar="URL",
+            help="read the drift from running workers' /metrics (repeat per worker) instead "
+            "of measuring it on the Kafka window",
         )
         model_options(p)
         kafka_options(p)

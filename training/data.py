@@ -1,4 +1,5 @@
-"""Load training rows: ``.npz`` (``X``, optional ``y``), ``.csv`` (header) or ``.jsonl`` records."""
+"""Load training rows: ``.npz`` (``X``, optional ``y``), ``.csv`` (header), ``.parquet`` or
+``.jsonl`` records."""
 
 from __future__ import annotations
 
@@ -28,6 +29,27 @@ class Table:
     y: np.ndarray | None = None
     dropped: dict[str, int] = field(default_factory=dict)
 
+    def columns_for(self, names: tuple[str, ...]) -> np.ndarray:
+        """The rows as float32 with a model's features in the model's order.
+
+        Named columns are matched by name (in any order); unnamed ones (``f0``, ``f1``, ...
+        from an ``.npz`` without ``feature_names``) by position.
+        """
+        if self.feature_names == names:
+            return np.ascontiguousarray(self.X, dtype=np.float32)
+        positional = self.feature_names == tuple(f"f{i}" for i in range(self.X.shape[1]))
+        if positional and self.X.shape[1] == len(names):
+            return np.ascontiguousarray(self.X, dtype=np.float32)
+        missing = [n for n in names if n not in self.feature_names]
+        if missing:
+            extra = [n for n in self.feature_names if n not in names]
+            raise DataError(
+                f"the model's features {missing} are not in the file"
+                + (f" (it has {extra} instead)" if extra else "")
+            )
+        index = [self.feature_names.index(n) for n in names]
+        return np.ascontiguousarray(self.X[:, index], dtype=np.float32)
+
 
 def load_table(path: Path, max_record_bytes: int = 1 << 20) -> Table:
     if not path.is_file():
@@ -39,8 +61,12 @@ def load_table(path: Path, max_record_bytes: int = 1 << 20) -> Table:
         table = _load_csv(path)
     elif suffix in (".jsonl", ".ndjson"):
         table = _load_jsonl(path, max_record_bytes)
+    elif suffix in (".parquet", ".pq"):
+        table = _load_parquet(path)
     else:
-        raise DataError(f"{path}: unsupported file type {suffix!r} (use .npz, .csv or .jsonl)")
+        raise DataError(
+            f"{path}: unsupported file type {suffix!r} (use .npz, .csv, .parquet or .jsonl)"
+        )
     if table.X.ndim != 2 or table.X.shape[0] == 0 or table.X.shape[1] == 0:
         raise DataError(f"{path}: no feature rows (shape {table.X.shape})")
     finite = np.isfinite(table.X).all(axis=1)
@@ -100,6 +126,45 @@ def _load_csv(path: Path) -> Table:
     names = tuple(header[i] for i in feature_cols)
     X = np.asarray(rows, dtype=np.float32).reshape(len(rows), len(names))
     return Table(X, names, np.asarray(labels) if label_col is not None else None)
+
+
+def _load_parquet(path: Path) -> Table:
+    """Numeric columns are features, as in a CSV: label and record columns are set apart."""
+    try:
+        import pyarrow.parquet as pq
+        import pyarrow.types as pt
+    except ImportError as exc:
+        raise DataError(
+            f"{path}: reading Parquet needs pyarrow: pip install 'anomaly-worker[parquet]'"
+        ) from exc
+    try:
+        data = pq.read_table(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read as Parquet: {exc}") from exc
+    label = next((name for name in data.column_names if name in LABEL_COLUMNS), None)
+    names: list[str] = []
+    unusable: list[str] = []
+    for field_ in data.schema:
+        if field_.name == label or field_.name in META_COLUMNS:
+            continue
+        numeric = pt.is_integer(field_.type) or pt.is_floating(field_.type)
+        (names if numeric or pt.is_boolean(field_.type) else unusable).append(field_.name)
+    if unusable:
+        raise DataError(
+            f"{path}: columns {unusable} are not numeric (features must be numbers; "
+            f"{', '.join(META_COLUMNS)} and {', '.join(LABEL_COLUMNS)} are set apart)"
+        )
+    columns = []
+    for name in names:
+        column = data.column(name)
+        if column.null_count:
+            raise DataError(f"{path}: column {name!r} has {column.null_count} missing values")
+        columns.append(column.to_numpy(zero_copy_only=False).astype(np.float32))
+    X = np.column_stack(columns) if columns else np.empty((data.num_rows, 0), np.float32)
+    y = None
+    if label is not None:
+        y = data.column(label).to_numpy(zero_copy_only=False).astype(int)
+    return Table(X, tuple(names), y)
 
 
 def _load_jsonl(path: Path, max_record_bytes: int) -> Table:

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from training.data import Table
-from training.exceptions import DataError
 from worker.registry import resolve_bundle
 from worker.scoring import Scorer
 
@@ -20,13 +19,8 @@ SCORE_BATCH = 8192
 def score_table(model: Path, table: Table, device: str = "cpu") -> tuple[np.ndarray, Scorer]:
     """One score per row, in order, through :class:`worker.scoring.Scorer`."""
     scorer = Scorer.load(resolve_bundle(model)[0], device)
-    names = scorer.metadata.feature_names
-    if table.X.shape[1] != len(names):
-        raise DataError(f"the model has {len(names)} features, the file {table.X.shape[1]}")
-    scores = [
-        scorer.score(np.ascontiguousarray(table.X[i : i + SCORE_BATCH], dtype=np.float32)).scores
-        for i in range(0, len(table.X), SCORE_BATCH)
-    ]
+    X = table.columns_for(scorer.metadata.feature_names)
+    scores = [scorer.score(X[i : i + SCORE_BATCH]).scores for i in range(0, len(X), SCORE_BATCH)]
     return np.concatenate(scores) if scores else np.empty(0, np.float32), scorer
 
 

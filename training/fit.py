@@ -33,7 +33,8 @@ from training.model import (
     minmax_scaling,
     robust_scaling,
 )
-from worker.bundle import BundleMetadata, ThresholdCalibration, write_bundle
+from worker.bundle import BundleMetadata, DriftReference, ThresholdCalibration, write_bundle
+from worker.drift import build_reference
 
 __all__ = [
     "FitConfig",
@@ -144,6 +145,7 @@ class FitResult:
     threshold: float
     calibration: ThresholdCalibration
     report: dict[str, Any] = field(default_factory=dict)
+    drift_reference: DriftReference | None = None
 
 
 def calibrate(scores: np.ndarray, config: FitConfig) -> tuple[float, ThresholdCalibration]:
@@ -236,7 +238,10 @@ def train(X: np.ndarray, config: FitConfig) -> FitResult:
         calibration.method,
         calibration.realised_alert_rate,
     )
-    return FitResult(torch.jit.script(module), threshold, calibration, report)
+    # What the worker compares live traffic with: the training rows' deciles per feature and
+    # the held-out rows' score deciles.
+    reference = build_reference(X, val_scores)
+    return FitResult(torch.jit.script(module), threshold, calibration, report, reference)
 
 
 def _fit_ensemble(
@@ -484,6 +489,7 @@ def build_bundle(
         sha256=hashlib.sha256(model_bytes).hexdigest(),
         torch_version=torch.__version__,
         created_at=created.isoformat(),
+        drift_reference=result.drift_reference,
     )
     return model_bytes, metadata, result
 

@@ -94,11 +94,17 @@ def read_window(
 
 @dataclass
 class NormalTraffic:
-    """Rows fit to train on, their timestamps, and how many rows were excluded, by reason."""
+    """Rows fit to train on, their timestamps, and how many rows were excluded, by reason.
+
+    ``window`` holds every decodable row of the window before exclusions (what drift is
+    measured on), ``window_scores`` the current model's scores of them (empty without one).
+    """
 
     table: Table
     excluded: dict[str, int] = field(default_factory=dict)
     timestamps: np.ndarray = field(default_factory=lambda: np.empty(0))
+    window: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.float32))
+    window_scores: np.ndarray = field(default_factory=lambda: np.empty(0))
 
 
 def alerted_ids(alert_records: Iterable[Any]) -> set[str]:
@@ -137,8 +143,10 @@ def normal_traffic(
     on_alert_topic = np.array([i in alerted for i in ids], dtype=bool)
     excluded["on_alert_topic"] = int((on_alert_topic & keep).sum())
     keep &= ~on_alert_topic
+    scores = np.empty(0)
     if current is not None and len(decoded.features):
-        above = current.score(decoded.features).scores > current.metadata.threshold
+        scores = current.score(decoded.features).scores
+        above = scores > current.metadata.threshold
         excluded["above_current_threshold"] = int((above & keep).sum())
         keep &= ~above
     timestamps = np.array([records[int(p)].timestamp for p in decoded.positions], dtype=np.float64)
@@ -146,7 +154,7 @@ def normal_traffic(
     logger.info(
         "normal traffic: %d rows kept of %d read; excluded %s", keep.sum(), len(records), excluded
     )
-    return NormalTraffic(table, excluded, timestamps[keep] / 1000.0)
+    return NormalTraffic(table, excluded, timestamps[keep] / 1000.0, decoded.features, scores)
 
 
 def infer_feature_names(records: list[Any]) -> tuple[str, ...]:

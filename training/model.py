@@ -135,6 +135,11 @@ class ScoringModule(nn.Module):
         expected = reconstruction * self.scale + self.center
         return error.mean(dim=1), error, expected
 
+    @torch.jit.export
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, D]`` raw features -> ``[B, latent]``: the encoder's output for each row."""
+        return self.autoencoder.encoder((x - self.center) / self.scale)
+
 
 class EnsembleModule(nn.Module):
     """Several scoring modules averaged, each feature's error divided by its training spread.
@@ -161,6 +166,14 @@ class EnsembleModule(nn.Module):
             expected.append(reconstruction)
         error = (torch.stack(errors) / self.error_scale.unsqueeze(1)).mean(dim=0)
         return error.mean(dim=1), error, torch.stack(expected).mean(dim=0)
+
+    @torch.jit.export
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The members' latent features side by side: ``[B, members x latent]``."""
+        latents: list[torch.Tensor] = []
+        for member in self.members:
+            latents.append(member.encode(x))  # type: ignore[operator]
+        return torch.cat(latents, dim=1)
 
 
 COMPONENTS = ("reconstruction", "neighbours", "tails")
@@ -320,6 +333,11 @@ class DetectorModule(nn.Module):
             nearest = partial.topk(self.k, dim=1, largest=False).values.mean(dim=1)
         neighbours = (nearest + norms).clamp(min=0.0).sqrt()
         return reconstruction, feature_error, neighbours, self.tails(x), expected
+
+    @torch.jit.export
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The autoencoders' latent features of each row (see :meth:`EnsembleModule.encode`)."""
+        return self.autoencoders.encode(x)
 
     @torch.jit.export
     def components(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

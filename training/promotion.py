@@ -61,10 +61,17 @@ class GateResult:
 
 
 def register(
-    registry: Registry, table: Table, config: FitConfig, exclusions: dict[str, int] | None = None
+    registry: Registry,
+    table: Table,
+    config: FitConfig,
+    exclusions: dict[str, int] | None = None,
+    trigger: dict[str, Any] | None = None,
 ) -> str:
-    """Train a candidate and add it to the registry (not current yet)."""
+    """Train a candidate and add it to the registry (not current yet); ``trigger`` (why it
+    was trained, e.g. the drift measured) goes into its report."""
     model_bytes, metadata, result = build_bundle(table, config, exclusions)
+    if trigger is not None:
+        result.report["trigger"] = trigger
 
     def write(directory: Path) -> None:
         written = write_bundle(directory, model_bytes, metadata)

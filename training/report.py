@@ -42,6 +42,7 @@ def write_report(directory: Path, metadata: BundleMetadata, report: dict[str, An
         ),
         "score": report.get("score", {}),
         "config": report.get("config", {}),
+        "trigger": report.get("trigger"),
     }
     (directory / REPORT_JSON).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     _plot(directory / REPORT_PNG, metadata, document, scores)

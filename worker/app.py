@@ -61,6 +61,9 @@ def pipeline_config(settings: WorkerSettings) -> PipelineConfig:
         link_stale_seconds=settings.session_timeout_seconds,
         exactly_once=settings.exactly_once,
         delivery_timeout_seconds=settings.effective_delivery_timeout_seconds,
+        drift=settings.drift,
+        drift_window_records=settings.drift_window_records,
+        drift_window_seconds=settings.drift_window_seconds,
     )
 
 
@@ -171,6 +174,9 @@ def run_worker(
             metrics,
             health,
             watcher=watcher,
+        )
+        metrics.track_drift(
+            lambda: (pipeline.drift, pipeline.schema.names), settings.drift_feature_labels
         )
         pipeline.subscribe()
         tune_garbage_collector()

@@ -32,6 +32,7 @@ __all__ = [
     "METADATA_FILE",
     "MODEL_FILE",
     "BundleMetadata",
+    "DriftReference",
     "ThresholdCalibration",
     "atomic_write",
     "read_metadata",
@@ -67,6 +68,61 @@ class ThresholdCalibration:
 
 
 @dataclass(frozen=True)
+class DriftReference:
+    """The training traffic in bins, for drift monitoring (:mod:`worker.drift`); no raw rows.
+
+    Bins are given by their interior edges: a value ``x`` falls in bin
+    ``searchsorted(edges, x, side="right")``, so ``k`` edges make ``k + 1`` bins.
+    """
+
+    feature_edges: tuple[tuple[float, ...], ...]
+    """Per feature, the interior edges of its training deciles (fewer where values tie)."""
+    feature_counts: tuple[tuple[int, ...], ...]
+    """Per feature, how many training rows fell in each bin."""
+    feature_low: tuple[float, ...]
+    """Per feature, the smallest training value."""
+    feature_high: tuple[float, ...]
+    """Per feature, the largest training value."""
+    score_edges: tuple[float, ...]
+    """Interior edges of the score's deciles on held-out normal rows, and its 99th percentile."""
+    score_counts: tuple[int, ...]
+    """How many of those rows fell in each score bin."""
+
+    @property
+    def rows(self) -> int:
+        return sum(self.feature_counts[0]) if self.feature_counts else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, n_features: int | None = None) -> DriftReference:
+        """Parse and check a reference (BundleError when it is inconsistent)."""
+        try:
+            reference = cls(
+                feature_edges=tuple(tuple(float(e) for e in f) for f in data["feature_edges"]),
+                feature_counts=tuple(tuple(int(c) for c in f) for f in data["feature_counts"]),
+                feature_low=tuple(float(v) for v in data["feature_low"]),
+                feature_high=tuple(float(v) for v in data["feature_high"]),
+                score_edges=tuple(float(e) for e in data["score_edges"]),
+                score_counts=tuple(int(c) for c in data["score_counts"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"bundle drift reference is malformed: {exc!r}") from exc
+        d = len(reference.feature_edges)
+        lengths = {len(reference.feature_counts), len(reference.feature_low)}
+        lengths |= {len(reference.feature_high)}
+        if lengths != {d} or (n_features is not None and d != n_features):
+            raise BundleError(f"bundle drift reference does not describe {n_features} features")
+        pairs = [*zip(reference.feature_edges, reference.feature_counts, strict=True)]
+        pairs.append((reference.score_edges, reference.score_counts))
+        for edges, counts in pairs:
+            if len(counts) != len(edges) + 1 or min(counts) < 0 or list(edges) != sorted(edges):
+                raise BundleError("bundle drift reference has bins that do not fit their edges")
+        return reference
+
+
+@dataclass(frozen=True)
 class BundleMetadata:
     """Everything a worker (or a person) needs to know about a bundle."""
 
@@ -79,6 +135,8 @@ class BundleMetadata:
     torch_version: str
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     format_version: int = FORMAT_VERSION
+    drift_reference: DriftReference | None = None
+    """The training traffic in bins (optional: bundles written before it have none)."""
 
     @property
     def n_features(self) -> int:
@@ -116,6 +174,9 @@ class BundleMetadata:
                 torch_version=str(data["torch_version"]),
                 created_at=str(data["created_at"]),
                 format_version=int(data["format_version"]),
+                drift_reference=None
+                if data.get("drift_reference") is None
+                else DriftReference.from_dict(data["drift_reference"], len(names)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"bundle metadata is incomplete or malformed: {exc!r}") from exc

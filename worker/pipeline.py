@@ -43,6 +43,7 @@ import numpy as np
 from worker.alerts import AlertContext, build_alerts
 from worker.batching import BatchWindow
 from worker.deadletters import DeadLetter, build_dead_letter, build_skipped_letter
+from worker.drift import DriftMonitor
 from worker.exceptions import DeliveryError, UndecodableBatchError
 from worker.health import HealthState
 from worker.logs import Throttle
@@ -105,6 +106,10 @@ class PipelineConfig:
     exactly_once: bool = False
     #: exactly_once: how long a commit waits for an unreachable broker before the worker stops.
     delivery_timeout_seconds: float = 120.0
+    #: Measure drift against the bundle's reference over this window (``drift``: at all).
+    drift: bool = True
+    drift_window_records: int = 10_000
+    drift_window_seconds: float = 300.0
 
 
 def where(message: SourceMessage) -> str:
@@ -133,6 +138,7 @@ class Pipeline:
         self.metrics, self.health = metrics, health
         self.watcher = watcher
         self._clock = clock
+        self.drift = self._drift_monitor(scorer)
         self._window = BatchWindow(config.batch_max_records, config.batch_max_wait_seconds, clock)
         # The micro-batch being filled: the client's records, their values, last offsets.
         self._pending: list[Any] = []
@@ -292,6 +298,7 @@ class Pipeline:
             return
         previous = self.scorer.metadata.version
         self.scorer = scorer
+        self.drift = self._drift_monitor(scorer)  # a new reference: a fresh window
         if self.threshold.source == "bundle":
             self.threshold = Threshold(scorer.metadata.threshold)
         self.metrics.set_model(
@@ -301,6 +308,21 @@ class Pipeline:
         )
         self.metrics.model_reloads.labels(result="loaded").inc()
         logger.info("now serving model %s (was %s)", scorer.metadata.version, previous)
+
+    def _drift_monitor(self, scorer: Scorer) -> DriftMonitor | None:
+        reference = scorer.metadata.drift_reference
+        if not self.config.drift:
+            return None
+        if reference is None:
+            logger.info(
+                "model %s carries no drift reference (written by an older anomaly-train): "
+                "drift is not measured",
+                scorer.metadata.version,
+            )
+            return None
+        return DriftMonitor.from_reference(
+            reference, self.config.drift_window_records, self.config.drift_window_seconds
+        )
 
     # --- the broker link ------------------------------------------------------------------
     def _link_trouble(self, what: str) -> None:
@@ -401,6 +423,8 @@ class Pipeline:
             m.inference_duration.observe(time.perf_counter() - t0)
             m.records_scored.inc(len(decoded.positions))
             m.score_ratio.observe_many(self.threshold.ratio(scored.scores))
+            if self.drift is not None:
+                self.drift.observe(decoded.features, scored.scores)
             rows = np.flatnonzero(self.threshold.decide(scored.scores))
             if rows.size:
                 errors, expected = scored.details(rows)

@@ -115,6 +115,18 @@ class Scorer:
                 f"{errors.shape}, {expected.shape}; expected (B,), (B, {size}), (B, {size})"
             )
 
+    def encode(self, features: np.ndarray) -> np.ndarray:
+        """The bundle's latent features of a float32 ``[B, D]`` matrix (its ``encode`` method:
+        the autoencoder's encoder, scaling included)."""
+        if not hasattr(self.module, "encode"):
+            raise BundleError(
+                f"model {self.metadata.version} has no encode method (written by an older "
+                "anomaly-train): retrain it to extract latent features"
+            )
+        with torch.inference_mode():
+            batch = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+            return self.module.encode(batch.to(self.device)).float().cpu().numpy()
+
     def score(self, features: np.ndarray) -> Scored:
         """Score a float32 ``[B, D]`` matrix."""
         with torch.inference_mode():

@@ -33,6 +33,9 @@ DEFAULT_MAX_REQUEST_BYTES = 1_048_576  # Kafka's default message.max.bytes is 1,
 OUTPUT_HEADROOM_BYTES = 16_384
 DEFAULT_TOP_FEATURES = 3
 DEFAULT_TRANSACTION_TIMEOUT_SECONDS = 60.0
+DEFAULT_DRIFT_WINDOW_RECORDS = 10_000
+DEFAULT_DRIFT_WINDOW_SECONDS = 300.0
+DEFAULT_DRIFT_FEATURE_LABELS = 50
 
 
 class WorkerSettings(BaseSettings):
@@ -124,6 +127,16 @@ class WorkerSettings(BaseSettings):
     """Alert when score > threshold; unset uses the bundle's calibrated threshold."""
     top_features: int = Field(DEFAULT_TOP_FEATURES, ge=0, le=100)
     """How many top contributing features an alert lists."""
+
+    # --- drift ---------------------------------------------------------------------
+    drift: bool = True
+    """Compare live traffic with the model's training traffic (needs a bundle with a reference)."""
+    drift_window_records: int = Field(DEFAULT_DRIFT_WINDOW_RECORDS, ge=100, le=10_000_000)
+    """Drift is measured over the newest this many records ..."""
+    drift_window_seconds: float = Field(DEFAULT_DRIFT_WINDOW_SECONDS, gt=0.0, le=86_400.0)
+    """... of at most this many seconds."""
+    drift_feature_labels: int = Field(DEFAULT_DRIFT_FEATURE_LABELS, ge=1, le=10_000)
+    """Features with their own drift series, the most drifted first; the rest share `_others`."""
 
     # --- batching, commits, shutdown -------------------------------------------------
     batch_max_records: int = Field(DEFAULT_BATCH_MAX_RECORDS, ge=1, le=100_000)

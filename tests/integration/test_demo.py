@@ -40,4 +40,8 @@ def test_demo_trains_streams_and_reports(kafka_bootstrap, tmp_path):
         float, re.search(r"precision / recall:\s+([\d.]+) / ([\d.]+)", out).groups()
     )
     assert recall >= 0.9 and precision >= 0.5
+    # The drift episode shows: the score's drift crosses the 0.25 band once it starts.
+    found = re.search(r"score drift \(PSI\):\s+([\d.]+) at most before .*?, ([\d.]+) from", out)
+    before, since = map(float, found.groups())
+    assert before < 0.25 < since, out
     assert [p.name for p in tmp_path.glob("registry-*/CURRENT")] == ["CURRENT"]

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from demo.broker import free_port, stop_process, wait_for_port
 from tests.helpers import record
@@ -116,7 +117,13 @@ def test_prometheus_scrapes_rates_and_latency_quantiles(
         assert 0 < p99[0] < 60
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=5) as response:
             groups = json.loads(response.read())["data"]["groups"]
-        assert sum(len(g["rules"]) for g in groups) == 7
+        loaded = {rule["name"] for g in groups for rule in g["rules"]}
+        written = {
+            rule["alert"]
+            for g in yaml.safe_load(RULES.read_text())["groups"]
+            for rule in g["rules"]
+        }
+        assert loaded == written
         assert all(r["health"] == "ok" for g in groups for r in g["rules"])
         assert query(port, 'up{job="anomaly-worker"}')[0]["value"][1] == "1"
     finally:

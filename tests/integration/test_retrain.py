@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from tests.helpers import NAMES, record, write_distance_bundle
+from tests.helpers import NAMES, record, standard_normal_reference, write_distance_bundle
 from tests.integration.kafka_helpers import produce
 from training.cli import main as train_main
 from worker.registry import Registry
@@ -144,3 +144,42 @@ def test_schedule_retrains_every_period_and_stops_on_sigterm(kafka_bootstrap, to
         out = process.communicate(timeout=60)[0].decode()
     assert process.returncode == 0, out
     assert "retraining every 1s" in out
+
+
+def test_retrain_if_drift_does_nothing_on_stable_traffic_and_retrains_on_shifted(
+    kafka_bootstrap, topics, tmp_path, capsys
+):
+    import numpy as np
+
+    registry = Registry.create(tmp_path / "registry")
+    reference = standard_normal_reference()
+    registry.add("v1", lambda d: write_distance_bundle(d, threshold=8.0, drift_reference=reference))
+    registry.set_current("v1", "initial")
+    rng = np.random.default_rng(7)
+
+    def traffic(n, shift):
+        X = rng.normal(size=(n, len(NAMES)))
+        X[:, 1] += shift
+        return [record(row.round(4).tolist()) for row in X]
+
+    args = [
+        "retrain",
+        *("--if-drift", "--registry", str(registry.root), "--bootstrap-servers", kafka_bootstrap),
+        *("--topic", topics.input, "--no-alert-topic", "--last", "2000"),
+        *("--epochs", "5", "--no-progress"),
+    ]
+    produce(kafka_bootstrap, topics.input, traffic(6_000, 0.0), partition=0)
+    assert train_main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("not retrained: feature drift 0.0") and "threshold 0.25" in out, out
+    assert registry.versions() == ["v1"]
+
+    produce(kafka_bootstrap, topics.input, traffic(3_000, 1.5), partition=0)  # the newest 2000
+    code = train_main(args)
+    out = capsys.readouterr().out
+    assert code in (0, 3), out  # promoted or not, a candidate was trained
+    (version,) = [v for v in registry.versions() if v != "v1"]
+    report = json.loads((registry.path_of(version) / "report.json").read_text())
+    trigger = report["trigger"]
+    assert trigger["threshold"] == 0.25 and trigger["drift"]["feature"] == "mem"
+    assert trigger["drift"]["feature_psi"] > 0.25 and trigger["drift"]["records"] == 2_000

@@ -10,6 +10,7 @@ MODULES = [
     "worker.alerts",
     "worker.batching",
     "worker.deadletters",
+    "worker.drift",
     "worker.logs",
     "worker.offsets",
     "worker.records",

@@ -38,3 +38,45 @@ def test_the_kafka_clients_repeated_log_lines_are_held_back_and_counted():
     now[0] = 31.0
     record = logging.makeLogRecord({"name": "kafka.net.manager", "msg": "Connection failed: %s"})
     assert repeat.filter(record) and "[100 like this in the last 30s]" in record.getMessage()
+
+
+def test_drift_is_exported_per_feature_with_a_bounded_number_of_series():
+    from worker.drift import DriftMonitor, build_reference
+    from worker.metrics import WorkerMetrics
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(5_000, 30)).astype(np.float32)
+    monitor = DriftMonitor.from_reference(build_reference(X, X[:, 0].astype(float)), 2_000, 60)
+    names = [f"f{j}" for j in range(30)]
+    metrics = WorkerMetrics()
+    holder = {"monitor": None}
+    metrics.track_drift(lambda: (holder["monitor"], names), max_feature_labels=5)
+    registry = metrics.registry
+    assert registry.get_sample_value("anomaly_score_drift") is None  # no monitor, no series
+    holder["monitor"] = monitor
+    assert registry.get_sample_value("anomaly_drift_window_records") == 0
+    assert registry.get_sample_value("anomaly_feature_drift", {"feature": "f0"}) is None
+    live = rng.normal(size=(2_000, 30)).astype(np.float32)
+    live[:, 17] += 1.5
+    live[:100, 4] = 99.0
+    monitor.observe(live, live[:, 0].astype(float))
+    assert registry.get_sample_value("anomaly_drift_window_records") == 2_000
+    assert registry.get_sample_value("anomaly_feature_drift", {"feature": "f17"}) > 0.25
+    series = [
+        s.labels["feature"]
+        for family in registry.collect()
+        if family.name == "anomaly_feature_drift"
+        for s in family.samples
+    ]
+    assert len(series) == 6 and series[0] == "f17" and series[-1] == "_others"
+    assert registry.get_sample_value("anomaly_feature_drift", {"feature": "_others"}) < 0.1
+    # 5% of f4 far outside its training range barely moves its PSI (they all land in the top
+    # bin): the out-of-range ratio is what shows it.
+    ratios = {
+        s.labels["feature"]: s.value
+        for family in registry.collect()
+        if family.name == "anomaly_feature_out_of_range_ratio"
+        for s in family.samples
+    }
+    assert max(ratios.values()) == 0.05 and ratios.keys() == set(series)
+    assert registry.get_sample_value("anomaly_score_drift") < 0.1

@@ -13,8 +13,18 @@ SUFFIXES = ("", "_total", "_bucket", "_sum", "_count", "_created")
 
 
 def exported_names():
+    """Every metric a serving worker exports (the drift ones once its window has records)."""
+    import numpy as np
+
+    from worker.drift import DriftMonitor, build_reference
+
+    metrics = WorkerMetrics()
+    X = np.random.default_rng(0).normal(size=(100, 2))
+    monitor = DriftMonitor.from_reference(build_reference(X, X[:, 0]), 100, 60)
+    monitor.observe(X, X[:, 0])
+    metrics.track_drift(lambda: (monitor, ["a", "b"]), 10)
     names = set()
-    for family in WorkerMetrics().registry.collect():
+    for family in metrics.registry.collect():
         names.update(family.name + suffix for suffix in SUFFIXES)
     return names
 
@@ -44,5 +54,7 @@ def test_dashboard_uses_exported_metrics_and_covers_the_pipeline():
         "anomaly_records_invalid_total",
         "anomaly_score_ratio_bucket",
         "anomaly_model_info",
+        "anomaly_feature_drift",
+        "anomaly_score_drift",
     ):
         assert needed in used, needed

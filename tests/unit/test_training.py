@@ -129,3 +129,53 @@ def test_cli_reports_errors_in_one_line(tmp_path, capsys):
         == 2
     )
     assert "no such file" in capsys.readouterr().err
+
+
+def test_parquet_input_with_labels_and_record_columns(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    X = correlated(400)
+    columns = {f"m{j}": X[:, j] for j in range(4)}
+    pq.write_table(
+        pa.table(
+            {
+                "id": [f"r{i}" for i in range(400)],
+                **columns,
+                "label": [1 if i < 10 else 0 for i in range(400)],
+                "ts": np.arange(400.0),
+            }
+        ),
+        tmp_path / "rows.parquet",
+    )
+    table = load_table(tmp_path / "rows.parquet")
+    assert table.feature_names == ("m0", "m1", "m2", "m3") and table.X.dtype == np.float32
+    assert table.y.sum() == 10 and np.allclose(table.X, X)
+    pq.write_table(pa.table({"a": [1.0], "host": ["x"]}), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"columns \['host'\] are not numeric"):
+        load_table(tmp_path / "bad.parquet")
+    pq.write_table(pa.table({"a": [1.0, None]}), tmp_path / "gap.parquet")
+    with pytest.raises(DataError, match="'a' has 1 missing values"):
+        load_table(tmp_path / "gap.parquet")
+
+
+def test_encode_writes_the_latent_features_through_the_bundle(tmp_path):
+    X = correlated(1000)
+    np.savez(tmp_path / "train.npz", X=X, feature_names=np.array(["a", "b", "c", "d"]))
+    fit = ["fit", "--input", str(tmp_path / "train.npz"), "--output", str(tmp_path / "m")]
+    assert train_main([*fit, "--epochs", "20", "--ensemble", "2", "--no-progress"]) == 0
+    # Columns by name in another order: matched to the model's features by name.
+    header = "d,c,b,a,label\n"
+    lines = [f"{r[3]},{r[2]},{r[1]},{r[0]},{int(i < 5)}" for i, r in enumerate(X[:50])]
+    (tmp_path / "rows.csv").write_text(header + "\n".join(lines) + "\n")
+    out = tmp_path / "latent.npz"
+    encode = ["encode", "--model", str(tmp_path / "m"), "--output", str(out)]
+    assert train_main([*encode, "--input", str(tmp_path / "rows.csv")]) == 0
+    with np.load(out) as data:
+        Z, y = data["Z"], data["y"]
+    scorer = Scorer.load(tmp_path / "m", "cpu")
+    assert Z.shape == (50, 2 * 2) and y.sum() == 5  # two members of latent 2, side by side
+    assert np.allclose(Z, scorer.encode(X[:50]), atol=1e-5)
+    (tmp_path / "other.csv").write_text("a,b,z\n1,2,3\n")
+    code = train_main([*encode, "--input", str(tmp_path / "other.csv")])
+    assert code == 2  # one line: the model's features ['c', 'd'] are not in the file

@@ -1,0 +1,148 @@
+"""Drift statistics: PSI against a reference implementation, the bands, the sliding window."""
+
+import numpy as np
+import pytest
+from scipy.stats import entropy
+
+from worker.bundle import DriftReference
+from worker.drift import (
+    SMOOTHING,
+    DriftMonitor,
+    bin_counts,
+    build_reference,
+    psi,
+    quantile_edges,
+)
+from worker.settings import DEFAULT_DRIFT_WINDOW_RECORDS
+
+
+def monitor(
+    reference: DriftReference, window=DEFAULT_DRIFT_WINDOW_RECORDS, seconds=1e9, clock=None
+):
+    return DriftMonitor.from_reference(reference, window, seconds, clock=clock or (lambda: 0.0))
+
+
+def feed(m: DriftMonitor, X: np.ndarray, scores: np.ndarray, batch: int = 500) -> None:
+    for start in range(0, len(X), batch):
+        m.observe(X[start : start + batch], scores[start : start + batch])
+
+
+def test_psi_is_the_symmetric_kl_divergence_of_the_smoothed_shares():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        bins = int(rng.integers(2, 12))
+        actual = rng.integers(0, 500, bins)
+        expected = rng.integers(0, 500, bins)
+        a = (actual + SMOOTHING) / (actual + SMOOTHING).sum()
+        e = (expected + SMOOTHING) / (expected + SMOOTHING).sum()
+        assert psi(actual, expected) == pytest.approx(entropy(a, e) + entropy(e, a), rel=1e-9)
+
+
+def test_psi_by_hand():
+    # Shares 0.5/0.5 against 0.9/0.1 (counts large enough that smoothing is negligible):
+    # (0.5 - 0.9) ln(0.5/0.9) + (0.5 - 0.1) ln(0.5/0.1) = 0.2351 + 0.6438 = 0.8789
+    assert psi(np.array([500_000, 500_000]), np.array([900_000, 100_000])) == pytest.approx(
+        0.8789, abs=1e-4
+    )
+    assert psi(np.array([7, 7, 7]), np.array([70, 70, 70])) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_edges_and_counts_agree_on_ties_and_binary_features():
+    binary = np.array([0.0] * 70 + [1.0] * 30)
+    edges = quantile_edges(binary)
+    assert bin_counts(binary, edges).tolist() == [0, 70, 30]
+    assert bin_counts(np.array([0.0, 1.0, 1.0, 2.0, np.nan]), edges).tolist() == [0, 1, 3]
+    assert len(quantile_edges(np.arange(1000.0))) == 9
+    assert quantile_edges(np.full(50, 3.0)).tolist() == [3.0]
+
+
+def normal_reference(rng, n=20_000, d=8):
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    scores = (X.astype(np.float64) ** 2).mean(axis=1)
+    return X, scores, build_reference(X, scores)
+
+
+def test_stable_traffic_stays_well_below_the_first_band():
+    rng = np.random.default_rng(1)
+    _, _, reference = normal_reference(rng)
+    m = monitor(reference)
+    live = rng.normal(size=(DEFAULT_DRIFT_WINDOW_RECORDS, 8)).astype(np.float32)
+    feed(m, live, (live.astype(np.float64) ** 2).mean(axis=1))
+    snap = m.snapshot()
+    assert snap.records == DEFAULT_DRIFT_WINDOW_RECORDS
+    assert snap.feature_psi.max() < 0.1 and snap.score_psi < 0.1
+    assert snap.feature_psi.max() < 0.01  # about (bins - 1) * (1/window + 1/reference)
+    assert snap.out_of_range.max() < 0.002
+
+
+def test_a_one_sigma_shift_of_one_feature_crosses_the_last_band_within_one_window():
+    rng = np.random.default_rng(2)
+    _, _, reference = normal_reference(rng)
+    m = monitor(reference)
+    stable = rng.normal(size=(DEFAULT_DRIFT_WINDOW_RECORDS, 8)).astype(np.float32)
+    feed(m, stable, (stable.astype(np.float64) ** 2).mean(axis=1))
+    shifted = rng.normal(size=(DEFAULT_DRIFT_WINDOW_RECORDS, 8)).astype(np.float32)
+    shifted[:, 3] += 1.0
+    crossed_after = None
+    for start in range(0, len(shifted), 500):
+        part = shifted[start : start + 500]
+        m.observe(part, (part.astype(np.float64) ** 2).mean(axis=1))
+        if crossed_after is None and m.snapshot().feature_psi[3] > 0.25:
+            crossed_after = start + 500
+    snap = m.snapshot()
+    assert crossed_after is not None and crossed_after <= DEFAULT_DRIFT_WINDOW_RECORDS
+    assert snap.feature_psi[3] > 0.7  # the whole window shifted: about 0.9
+    assert np.delete(snap.feature_psi, 3).max() < 0.1
+    print(f"1-sigma shift: PSI crossed 0.25 after {crossed_after} of a {len(shifted)} window")
+
+
+def test_a_shift_in_one_of_fifty_features_is_attributed_to_it():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(20_000, 50)).astype(np.float32)
+    reference = build_reference(X, X[:, 0].astype(np.float64))
+    m = monitor(reference)
+    live = rng.normal(size=(DEFAULT_DRIFT_WINDOW_RECORDS, 50)).astype(np.float32)
+    live[:, 37] = live[:, 37] * 1.0 + 1.0
+    feed(m, live, live[:, 0].astype(np.float64))
+    snap = m.snapshot()
+    assert int(np.argmax(snap.feature_psi)) == 37 and snap.feature_psi[37] > 0.25
+    assert np.delete(snap.feature_psi, 37).max() < 0.1
+
+
+def test_score_drift_and_out_of_range_values():
+    rng = np.random.default_rng(4)
+    _, _, reference = normal_reference(rng)
+    m = monitor(reference, window=1_000)
+    live = rng.normal(size=(1_000, 8)).astype(np.float32)
+    live[:100, 0] = 50.0  # 10% beyond anything seen in training
+    feed(m, live, (live.astype(np.float64) ** 2).mean(axis=1) * 3)  # the scores rise
+    snap = m.snapshot()
+    assert snap.out_of_range[0] == pytest.approx(0.1) and snap.out_of_range[1:].max() < 0.01
+    assert snap.score_psi > 0.25
+
+
+def test_the_window_slides_by_records_and_by_time():
+    rng = np.random.default_rng(5)
+    _, _, reference = normal_reference(rng)
+    now = [0.0]
+    m = monitor(reference, window=1_000, seconds=60, clock=lambda: now[0])
+    shifted = rng.normal(size=(1_000, 8)).astype(np.float32) + 2.0
+    feed(m, shifted, np.zeros(1_000))
+    assert m.snapshot().feature_psi.min() > 0.25
+    stable = rng.normal(size=(1_000, 8)).astype(np.float32)
+    feed(m, stable, np.zeros(1_000))  # the shifted records slid out
+    snap = m.snapshot()
+    assert snap.records == 1_000 and snap.feature_psi.max() < 0.1
+    now[0] = 61.0
+    assert m.snapshot().records == 0  # nothing newer than 60 s
+    assert np.isnan(m.snapshot().feature_psi).all()
+
+
+def test_a_reference_is_compact_and_survives_json():
+    rng = np.random.default_rng(6)
+    _, scores, reference = normal_reference(rng, n=50_000, d=20)
+    restored = DriftReference.from_dict(reference.to_dict())
+    assert restored == reference
+    assert len(reference.feature_edges) == 20 and all(len(e) <= 9 for e in reference.feature_edges)
+    assert sum(reference.feature_counts[0]) == 50_000 and reference.rows == 50_000
+    assert len(reference.score_edges) <= 10 and sum(reference.score_counts) == len(scores)

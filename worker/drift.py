@@ -1,0 +1,248 @@
+"""Drift: does live traffic still look like the traffic the model was trained on?
+
+The bundle carries a :class:`~worker.bundle.DriftReference`: per feature, the edges of its
+training deciles and how many training rows fell in each bin, the training range, and the
+same for the anomaly score on held-out normal rows (with one more bin, above their 99th
+percentile). :class:`DriftMonitor` bins each scored
+batch with the same edges (one vectorised pass, no per-record Python) into a sliding window
+of the newest records and reports, per feature and for the score, the **population stability
+index** of the window against the reference:
+
+    PSI = sum over bins of (a - e) * ln(a / e)
+
+with ``a`` the window's and ``e`` the reference's share of a bin (both smoothed by half a
+record per bin, so an empty bin is large but finite). PSI is the symmetric Kullback-Leibler
+divergence (Jeffreys) of the two binned distributions. Bands used in credit and fraud
+monitoring: below 0.1 stable, 0.1-0.25 moderate, above 0.25 significant. For two samples
+of the same traffic it is about ``(bins - 1) * (1 / window + 1 / reference)`` (0.001-0.003
+for a 10,000-record window against a 4,000-row reference); a one-standard-deviation shift of
+a normal feature gives about 0.9.
+
+Why PSI rather than KS or Wasserstein: it needs only bin counts (memory ``features x bins``
+whatever the window), the counts of batches add up and subtract out of a sliding window, it
+is scale-free (one band for every feature), and its bands are what fraud and credit teams
+already read. The share of values outside the training range is reported beside it: a
+feature that leaves its range entirely moves PSI only through the edge bins.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from worker.bundle import DriftReference
+
+__all__ = [
+    "DriftMonitor",
+    "DriftSnapshot",
+    "bin_counts",
+    "build_reference",
+    "psi",
+    "quantile_edges",
+]
+
+BINS = 10
+#: The score's reference has one more edge, at this quantile: alerts live in the score's tail,
+#: and a growing share of extreme scores is the drift that pages people.
+SCORE_TAIL_QUANTILE = 0.99
+#: Added to every bin's count before taking shares: an empty bin counts as half a record.
+SMOOTHING = 0.5
+
+
+def quantile_edges(values: np.ndarray, bins: int = BINS) -> np.ndarray:
+    """Interior edges of ``bins`` equal-frequency bins of ``values`` (fewer when values tie).
+
+    A value ``x`` falls in bin ``searchsorted(edges, x, side="right")``: bin 0 below the
+    first edge, the last bin from the last edge up.
+
+    >>> quantile_edges(np.arange(101.0), 4).tolist()
+    [25.0, 50.0, 75.0]
+    >>> quantile_edges(np.array([0.0] * 6 + [1.0] * 4), 4).tolist()
+    [0.0, 1.0]
+    """
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return np.empty(0)
+    # "lower": every edge is a training value, so discrete values never get an empty bin between.
+    return np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1], method="lower"))
+
+
+def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """How many ``values`` fall in each of the ``len(edges) + 1`` bins (NaN in none)."""
+    values = np.asarray(values, dtype=np.float64)
+    index = np.searchsorted(edges, values[~np.isnan(values)], side="right")
+    return np.bincount(index, minlength=len(edges) + 1)
+
+
+def psi(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Population stability index of counts ``actual`` against ``expected``, along the last
+    axis (bins); smoothed by :data:`SMOOTHING` per bin. Either all zero: NaN.
+
+    >>> round(float(psi(np.array([50, 50]), np.array([50, 50]))), 6)
+    0.0
+    """
+    actual = np.asarray(actual, dtype=np.float64) + SMOOTHING
+    expected = np.asarray(expected, dtype=np.float64) + SMOOTHING
+    a = actual / actual.sum(axis=-1, keepdims=True)
+    e = expected / expected.sum(axis=-1, keepdims=True)
+    return ((a - e) * np.log(a / e)).sum(axis=-1)
+
+
+def build_reference(X: np.ndarray, scores: np.ndarray, bins: int = BINS) -> DriftReference:
+    """The reference a bundle carries: ``X`` the training rows ``[N, D]``, ``scores`` the
+    model's scores of held-out normal rows."""
+    X = np.asarray(X, dtype=np.float64)
+    edges = [quantile_edges(X[:, j], bins) for j in range(X.shape[1])]
+    scores = np.asarray(scores, dtype=np.float64)
+    tail = np.quantile(scores[np.isfinite(scores)], SCORE_TAIL_QUANTILE, method="lower")
+    score_edges = np.unique(np.append(quantile_edges(scores, bins), tail))
+    return DriftReference(
+        feature_edges=tuple(tuple(e.tolist()) for e in edges),
+        feature_counts=tuple(tuple(bin_counts(X[:, j], e).tolist()) for j, e in enumerate(edges)),
+        feature_low=tuple(X.min(axis=0).tolist()),
+        feature_high=tuple(X.max(axis=0).tolist()),
+        score_edges=tuple(score_edges.tolist()),
+        score_counts=tuple(bin_counts(np.asarray(scores), score_edges).tolist()),
+    )
+
+
+@dataclass(frozen=True)
+class DriftSnapshot:
+    """The window's statistics at one moment."""
+
+    records: int
+    feature_psi: np.ndarray  # [D]; NaN while the window is empty
+    score_psi: float
+    out_of_range: np.ndarray  # [D] share of the window's values outside the training range
+
+
+class DriftMonitor:
+    """Per-bin counts of the newest records, against a reference; thread-safe to read.
+
+    ``edges[j]`` are feature j's interior bin edges (ragged: tied training values give fewer
+    bins), ``reference[j]`` its training counts; ``low``/``high`` the training range. The
+    window keeps whole batches, none older than ``window_seconds``: the oldest goes as soon as
+    the newer ones hold ``window_records`` records (so the window holds up to one batch more).
+    """
+
+    def __init__(
+        self,
+        edges: list[np.ndarray],
+        reference: list[np.ndarray],
+        low: np.ndarray,
+        high: np.ndarray,
+        score_edges: np.ndarray,
+        score_reference: np.ndarray,
+        window_records: int,
+        window_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if window_records < 1 or window_seconds <= 0:
+            raise ValueError("window_records must be >= 1 and window_seconds > 0")
+        self.n_features = len(edges)
+        widest = max((len(e) for e in edges), default=0)
+        # Edges padded with +inf to one width: a value's bin is how many edges it reaches.
+        self._edges = np.full((self.n_features, widest), np.inf)
+        self._reference = np.zeros((self.n_features, widest + 1))
+        for j, (e, counts) in enumerate(zip(edges, reference, strict=True)):
+            self._edges[j, : len(e)] = e
+            self._reference[j, : len(counts)] = counts
+        self._bins = widest + 1
+        self._used = np.array([len(e) + 1 for e in edges])  # bins each feature really has
+        self._low = np.asarray(low, dtype=np.float64)
+        self._high = np.asarray(high, dtype=np.float64)
+        self._score_edges = np.asarray(score_edges, dtype=np.float64)
+        self._score_reference = np.asarray(score_reference, dtype=np.float64)
+        self.window_records, self.window_seconds = window_records, window_seconds
+        self._clock = clock
+        self._batches: deque[tuple[float, int, np.ndarray, np.ndarray, np.ndarray]] = deque()
+        self._records = 0
+        self._counts = np.zeros((self.n_features, self._bins), dtype=np.int64)
+        self._outside = np.zeros(self.n_features, dtype=np.int64)
+        self._score_counts = np.zeros(len(self._score_edges) + 1, dtype=np.int64)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_reference(
+        cls,
+        reference: DriftReference,
+        window_records: int,
+        window_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> DriftMonitor:
+        return cls(
+            [np.asarray(e, dtype=np.float64) for e in reference.feature_edges],
+            [np.asarray(c, dtype=np.float64) for c in reference.feature_counts],
+            np.asarray(reference.feature_low),
+            np.asarray(reference.feature_high),
+            np.asarray(reference.score_edges),
+            np.asarray(reference.score_counts),
+            window_records,
+            window_seconds,
+            clock,
+        )
+
+    def observe(self, features: np.ndarray, scores: np.ndarray) -> None:
+        """Add a scored batch: ``features`` float ``[B, D]``, ``scores`` ``[B]``."""
+        n = len(features)
+        if n == 0:
+            return
+        # Column by column: a [B, D, bins] comparison would need B*D*bins bytes for wide rows.
+        offsets = np.arange(self.n_features) * self._bins
+        index = np.empty(features.shape, dtype=np.int64)
+        for j in range(self.n_features):
+            index[:, j] = np.searchsorted(self._edges[j], features[:, j], side="right")
+        counts = np.bincount(
+            (index + offsets).ravel(), minlength=self.n_features * self._bins
+        ).reshape(self.n_features, self._bins)
+        outside = ((features < self._low) | (features > self._high)).sum(axis=0)
+        score_counts = bin_counts(scores, self._score_edges)
+        now = self._clock()
+        with self._lock:
+            self._batches.append((now, n, counts, outside, score_counts))
+            self._records += n
+            self._counts += counts
+            self._outside += outside
+            self._score_counts += score_counts
+            self._evict(now)
+
+    def _evict(self, now: float) -> None:
+        while self._batches:
+            at, n, counts, outside, score_counts = self._batches[0]
+            too_many = self._records - n >= self.window_records
+            if not too_many and now - at <= self.window_seconds:
+                return
+            self._batches.popleft()
+            self._records -= n
+            self._counts -= counts
+            self._outside -= outside
+            self._score_counts -= score_counts
+
+    def snapshot(self) -> DriftSnapshot:
+        with self._lock:
+            self._evict(self._clock())
+            records = self._records
+            counts, outside = self._counts.copy(), self._outside.copy()
+            score_counts = self._score_counts.copy()
+        if records == 0:
+            nan = np.full(self.n_features, np.nan)
+            return DriftSnapshot(0, nan, float("nan"), nan)
+        feature_psi = np.array(
+            [psi(counts[j, :used], self._reference[j, :used]) for j, used in enumerate(self._used)]
+        )
+        score_psi = float(psi(score_counts, self._score_reference))
+        return DriftSnapshot(records, feature_psi, score_psi, outside / records)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._batches.clear()
+            self._records = 0
+            self._counts[:] = 0
+            self._outside[:] = 0
+            self._score_counts[:] = 0
