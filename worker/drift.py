@@ -112,6 +112,24 @@ def build_reference(X: np.ndarray, scores: np.ndarray, bins: int = BINS) -> Drif
     )
 
 
+def _float32_at_least(values: np.ndarray) -> np.ndarray:
+    """Each value rounded up to float32: for a float32 ``x``, ``x >= v`` exactly when
+    ``x >= _float32_at_least(v)``."""
+    values = np.asarray(values, dtype=np.float64)
+    rounded = values.astype(np.float32)
+    below = rounded.astype(np.float64) < values
+    rounded[below] = np.nextafter(rounded[below], np.float32(np.inf))
+    return rounded
+
+
+def _float32_above(value: float) -> float:
+    """The smallest float32 above ``value``: a float32 ``x > value`` exactly when it reaches it."""
+    rounded = np.float32(value)
+    if float(rounded) <= value:
+        rounded = np.nextafter(rounded, np.float32(np.inf))
+    return float(rounded)
+
+
 @dataclass(frozen=True)
 class DriftSnapshot:
     """The window's statistics at one moment."""
@@ -147,24 +165,28 @@ class DriftMonitor:
             raise ValueError("window_records must be >= 1 and window_seconds > 0")
         self.n_features = len(edges)
         widest = max((len(e) for e in edges), default=0)
-        # Edges padded with +inf to one width: a value's bin is how many edges it reaches.
-        self._edges = np.full((self.n_features, widest), np.inf)
+        # A value's bin is how many of its feature's "extended" edges it reaches: the training
+        # low, the interior edges, the first float32 above the training high, then +inf padding
+        # (ragged features). Counted 0 is below the range, ``len(e) + 2`` above it; both are
+        # folded into the edge bins when the window is read. float32, as the model's input: a
+        # float32 x reaches edge e exactly when it reaches e rounded up to float32.
+        extended = np.full((self.n_features, widest + 2), np.inf)
         self._reference = np.zeros((self.n_features, widest + 1))
         for j, (e, counts) in enumerate(zip(edges, reference, strict=True)):
-            self._edges[j, : len(e)] = e
+            extended[j, : len(e) + 2] = [low[j], *e, _float32_above(high[j])]
             self._reference[j, : len(counts)] = counts
-        self._bins = widest + 1
+        self._extended = _float32_at_least(extended)
+        self._columns = widest + 3
+        self._counter = np.int8 if widest + 2 < np.iinfo(np.int8).max else np.int16
+        self._offsets = (np.arange(self.n_features, dtype=np.intp) * self._columns)[:, None]
         self._used = np.array([len(e) + 1 for e in edges])  # bins each feature really has
-        self._low = np.asarray(low, dtype=np.float64)
-        self._high = np.asarray(high, dtype=np.float64)
         self._score_edges = np.asarray(score_edges, dtype=np.float64)
         self._score_reference = np.asarray(score_reference, dtype=np.float64)
         self.window_records, self.window_seconds = window_records, window_seconds
         self._clock = clock
-        self._batches: deque[tuple[float, int, np.ndarray, np.ndarray, np.ndarray]] = deque()
+        self._batches: deque[tuple[float, int, np.ndarray, np.ndarray]] = deque()
         self._records = 0
-        self._counts = np.zeros((self.n_features, self._bins), dtype=np.int64)
-        self._outside = np.zeros(self.n_features, dtype=np.int64)
+        self._counts = np.zeros((self.n_features, self._columns), dtype=np.int64)
         self._score_counts = np.zeros(len(self._score_edges) + 1, dtype=np.int64)
         self._lock = threading.Lock()
 
@@ -193,49 +215,54 @@ class DriftMonitor:
         n = len(features)
         if n == 0:
             return
-        # Column by column: a [B, D, bins] comparison would need B*D*bins bytes for wide rows.
-        offsets = np.arange(self.n_features) * self._bins
-        index = np.empty(features.shape, dtype=np.int64)
-        for j in range(self.n_features):
-            index[:, j] = np.searchsorted(self._edges[j], features[:, j], side="right")
-        counts = np.bincount(
-            (index + offsets).ravel(), minlength=self.n_features * self._bins
-        ).reshape(self.n_features, self._bins)
-        outside = ((features < self._low) | (features > self._high)).sum(axis=0)
+        # One comparison of the whole [D, B] block per edge (vectorised, branch-free; about
+        # 40 ns per record for 8 features), then one bincount over every feature's bins.
+        values = np.ascontiguousarray(np.asarray(features, dtype=np.float32).T)
+        reached = np.zeros(values.shape, dtype=self._counter)
+        for e in range(self._extended.shape[1]):
+            np.add(reached, values >= self._extended[:, e : e + 1], out=reached, casting="unsafe")
+        index = reached.astype(np.intp)
+        index += self._offsets
+        counts = np.bincount(index.ravel(), minlength=self.n_features * self._columns).reshape(
+            self.n_features, self._columns
+        )
         score_counts = bin_counts(scores, self._score_edges)
         now = self._clock()
         with self._lock:
-            self._batches.append((now, n, counts, outside, score_counts))
+            self._batches.append((now, n, counts, score_counts))
             self._records += n
             self._counts += counts
-            self._outside += outside
             self._score_counts += score_counts
             self._evict(now)
 
     def _evict(self, now: float) -> None:
         while self._batches:
-            at, n, counts, outside, score_counts = self._batches[0]
+            at, n, counts, score_counts = self._batches[0]
             too_many = self._records - n >= self.window_records
             if not too_many and now - at <= self.window_seconds:
                 return
             self._batches.popleft()
             self._records -= n
             self._counts -= counts
-            self._outside -= outside
             self._score_counts -= score_counts
 
     def snapshot(self) -> DriftSnapshot:
         with self._lock:
             self._evict(self._clock())
             records = self._records
-            counts, outside = self._counts.copy(), self._outside.copy()
+            counts = self._counts.copy()
             score_counts = self._score_counts.copy()
         if records == 0:
             nan = np.full(self.n_features, np.nan)
             return DriftSnapshot(0, nan, float("nan"), nan)
-        feature_psi = np.array(
-            [psi(counts[j, :used], self._reference[j, :used]) for j, used in enumerate(self._used)]
-        )
+        feature_psi = np.empty(self.n_features)
+        outside = np.empty(self.n_features)
+        for j, used in enumerate(self._used):
+            below, inside, above = counts[j, 0], counts[j, 1 : used + 1].copy(), counts[j, used + 1]
+            inside[0] += below
+            inside[-1] += above
+            feature_psi[j] = psi(inside, self._reference[j, :used])
+            outside[j] = below + above
         score_psi = float(psi(score_counts, self._score_reference))
         return DriftSnapshot(records, feature_psi, score_psi, outside / records)
 
@@ -244,5 +271,4 @@ class DriftMonitor:
             self._batches.clear()
             self._records = 0
             self._counts[:] = 0
-            self._outside[:] = 0
             self._score_counts[:] = 0

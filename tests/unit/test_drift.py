@@ -146,3 +146,36 @@ def test_a_reference_is_compact_and_survives_json():
     assert len(reference.feature_edges) == 20 and all(len(e) <= 9 for e in reference.feature_edges)
     assert sum(reference.feature_counts[0]) == 50_000 and reference.rows == 50_000
     assert len(reference.score_edges) <= 10 and sum(reference.score_counts) == len(scores)
+
+
+def test_window_counts_equal_a_plain_binning_of_every_value():
+    """The monitor's vectorised binning against searchsorted on each column: ties with edges,
+    values on the training range's ends and outside it, features with fewer bins (ties)."""
+    rng = np.random.default_rng(7)
+    for trial in range(30):
+        d = int(rng.integers(1, 12))
+        # discrete training values (so live values hit edges exactly), some features constant-ish
+        # float64 training values the float32 live values only approximate, or exact float32 ones
+        dtype = np.float64 if trial % 2 else np.float32
+        X_train = rng.integers(-5, 6, size=(400, d)).astype(dtype) * dtype(0.1)
+        X_train[:, 0] = np.where(rng.random(400) < 0.9, 0.0, X_train[:, 0])
+        reference = build_reference(X_train, rng.gamma(2.0, size=200))
+        m = monitor(reference)
+        live = rng.integers(-7, 8, size=(int(rng.integers(1, 300)), d)).astype(np.float32)
+        live *= np.float32(0.1)
+        scores = rng.gamma(2.0, size=len(live))
+        m.observe(live, scores)
+        snap = m.snapshot()
+        for j in range(d):
+            edges = np.asarray(reference.feature_edges[j])
+            expected_counts = bin_counts(live[:, j].astype(np.float64), edges)
+            expected_psi = psi(expected_counts, np.asarray(reference.feature_counts[j]))
+            assert snap.feature_psi[j] == pytest.approx(expected_psi, rel=1e-12), (trial, j)
+            values = live[:, j].astype(np.float64)
+            outside = (values < reference.feature_low[j]) | (values > reference.feature_high[j])
+            assert snap.out_of_range[j] == pytest.approx(outside.mean()), (trial, j)
+        expected_score = psi(
+            bin_counts(scores, np.asarray(reference.score_edges)),
+            np.asarray(reference.score_counts),
+        )
+        assert snap.score_psi == pytest.approx(expected_score, rel=1e-12)
