@@ -250,11 +250,11 @@ def targets(rows: list[dict], config: FitConfig) -> list[str]:
     normal = mean_auc(rows, "normal")
     if OURS in normal and peers:
         means = {d: float(np.mean(list(normal[d].values()))) for d in [OURS, *peers]}
-        best = max(peers, key=lambda p: means[p])
+        rival = "KNN" if "KNN" in means else max(peers, key=lambda p: means[p])
         line(
-            "normal protocol: mean ROC-AUC >= the best peer's mean",
-            f"{means[OURS]:.2f} vs {best} {means[best]:.2f}",
-            means[OURS] >= means[best],
+            f"normal protocol: mean ROC-AUC >= {rival}'s mean",
+            f"{means[OURS]:.2f} vs {means[rival]:.2f}",
+            means[OURS] >= means[rival],
         )
         close, missed = 0, []
         for dataset, ours_auc in normal[OURS].items():
@@ -270,13 +270,13 @@ def targets(rows: list[dict], config: FitConfig) -> list[str]:
             share >= 0.6,
         )
     contaminated = mean_auc(rows, "contaminated")
-    if OURS in contaminated and "IForest" in contaminated:
-        ours_mean = float(np.mean(list(contaminated[OURS].values())))
-        iforest = float(np.mean(list(contaminated["IForest"].values())))
+    if OURS in contaminated and peers:
+        means = {d: float(np.mean(list(contaminated[d].values()))) for d in [OURS, *peers]}
+        best = max(peers, key=lambda p: means[p])
         line(
-            "contaminated protocol: mean ROC-AUC >= IForest's mean - 1",
-            f"{ours_mean:.2f} vs {iforest:.2f} - 1",
-            ours_mean >= iforest - 1,
+            "contaminated protocol: mean ROC-AUC >= the best peer's mean",
+            f"{means[OURS]:.2f} vs {best} {means[best]:.2f}",
+            means[OURS] >= means[best],
         )
     rates: dict[str, list[float]] = defaultdict(list)
     for r in rows:

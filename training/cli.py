@@ -323,8 +323,8 @@ def _fit_config(args: argparse.Namespace, kafka: bool) -> FitConfig:
         ensemble=args.ensemble,
         scaling=args.scaling,
         score=args.score,
-        neighbours=args.neighbours,
-        prototypes=args.prototypes,
+        memory_rows=args.memory_rows,
+        memory_subsets=args.memory_subsets,
         sample_rows=args.sample_rows,
         memory_trim=args.memory_trim,
         seed=args.seed,
@@ -430,29 +430,31 @@ def _parser() -> argparse.ArgumentParser:
             "feature tails (default); reconstruction: the autoencoder's error alone",
         )
         g.add_argument(
-            "--neighbours",
+            "--memory-rows",
             type=int,
-            default=1,
-            help="combined score: nearest prototypes averaged (1)",
+            default=1024,
+            help="combined score: normal training rows remembered for the neighbour distance "
+            "(1024; more: a little more accurate, slower per record)",
         )
         g.add_argument(
-            "--prototypes",
+            "--memory-subsets",
             type=int,
-            default=256,
-            help="combined score: k-means centres of the training rows kept in the bundle (256)",
+            default=4,
+            help="combined score: random subsets of the memory; the neighbour term is half "
+            "the nearest row's distance, half the subsets' average (4; 1: plain nearest row)",
         )
         g.add_argument(
             "--sample-rows",
             type=int,
             default=4096,
-            help="combined score: training rows sampled for the tails and prototypes (4096)",
+            help="combined score: training rows sampled for the tails and the memory (4096)",
         )
         g.add_argument(
             "--memory-trim",
             type=float,
             default=0.05,
             help="combined score: share of sampled rows with the most extreme values left out "
-            "of the prototypes (0.05)",
+            "of the memory (0.05)",
         )
         g.add_argument("--epochs", type=int, default=200)
         g.add_argument("--patience", type=int, default=15, help="early stopping patience (epochs)")

@@ -268,9 +268,13 @@ class DetectorModule(nn.Module):
 
     - ``reconstruction``: the autoencoders' mean per-feature error (``expected`` is their
       reconstruction);
-    - ``neighbours``: mean Euclidean distance to the ``k`` nearest rows of ``memory``,
-      prototypes of normal training rows in standardised units -- what an autoencoder misses
-      when it reconstructs a row that lies off the data along a direction it learned;
+    - ``neighbours``: Euclidean distances to ``memory`` (normal training rows in robust units,
+      in ``subsets`` equal random subsets): the mean of the distance to the nearest row of the
+      whole memory and the average over the subsets of the distance to each one's nearest row
+      -- what an autoencoder misses when it reconstructs a row that lies off the data along a
+      direction it learned. The nearest row keeps the finest local detail; averaging nearest
+      rows of independent subsamples (as LeSiNN and iNNE do) keeps a handful of anomalies left
+      in the training traffic from masking their kind: each sits in one subset only;
     - ``tails``: sum over features of ``-log`` of the two-sided empirical tail probability
       of the value among the training rows (``tails``, a :class:`TailLookup`) -- a value
       further out than anything in training scores ``log(n + 1)`` on that feature.
@@ -289,7 +293,7 @@ class DetectorModule(nn.Module):
     error_factor: float
     neighbour_factor: float
     tail_factor: float
-    k: int
+    subsets: int
 
     def __init__(
         self,
@@ -298,13 +302,15 @@ class DetectorModule(nn.Module):
         scale: np.ndarray,
         memory: np.ndarray,
         tails: TailLookup,
-        k: int,
+        subsets: int,
         component_scale: np.ndarray,
         weights: np.ndarray,
     ) -> None:
         super().__init__()
-        if not 1 <= k <= memory.shape[0]:
-            raise ValueError(f"k={k} must be between 1 and the {memory.shape[0]} memory rows")
+        if not 1 <= subsets <= memory.shape[0] or memory.shape[0] % subsets:
+            raise ValueError(
+                f"{memory.shape[0]} memory rows do not split into {subsets} equal subsets"
+            )
         self.autoencoders = autoencoders
         scale = np.asarray(scale, dtype=np.float32)
         self.register_buffer("inverse_scale", torch.as_tensor(1.0 / scale))
@@ -316,7 +322,7 @@ class DetectorModule(nn.Module):
         self.error_factor = factors[0] / memory.shape[1]  # the reconstruction is a mean
         self.neighbour_factor = factors[1]
         self.tail_factor = factors[2]
-        self.k = k
+        self.subsets = subsets
 
     def _parts(
         self, x: torch.Tensor
@@ -324,14 +330,15 @@ class DetectorModule(nn.Module):
         reconstruction, feature_error, expected = self.autoencoders(x)
         z = torch.addcmul(self.shift, x, self.inverse_scale)
         # Squared distances by one matrix product (cdist costs ~5x more at this shape);
-        # |z|^2 is the same for every prototype, so it is added after the minimum.
+        # |z|^2 is the same for every memory row, so it is added after the minima. The subsets
+        # are consecutive blocks of the (shuffled) memory: one minimum over a view, no top-k.
         partial = torch.addmm(self.memory_norms, z, self.memory.t(), alpha=-2.0)
-        norms = z.pow(2).sum(dim=1)
-        if self.k == 1:
-            nearest = partial.amin(dim=1)
-        else:
-            nearest = partial.topk(self.k, dim=1, largest=False).values.mean(dim=1)
-        neighbours = (nearest + norms).clamp(min=0.0).sqrt()
+        nearest = partial.view(partial.shape[0], self.subsets, -1).amin(dim=2)
+        norms = z.pow(2).sum(dim=1, keepdim=True)
+        distances = (nearest + norms).clamp(min=0.0).sqrt()  # [B, subsets]
+        # Half the nearest row of the whole memory (the finest local detail, for clean
+        # training traffic), half the subsets' average (robust to anomalies remembered).
+        neighbours = 0.5 * (distances.amin(dim=1) + distances.mean(dim=1))
         return reconstruction, feature_error, neighbours, self.tails(x), expected
 
     @torch.jit.export
@@ -354,7 +361,7 @@ class DetectorModule(nn.Module):
         _, feature_error, neighbours, tails, expected = self._parts(x)
         # Reconstruction and tail terms are per feature already: the score is split over the
         # features in proportion to them (a per-feature split of the neighbour distance would
-        # need the nearest prototype's index, which costs more than the rest together).
+        # need the nearest rows' indices, which cost more than the rest together).
         per_feature = torch.add(tails * self.tail_factor, feature_error, alpha=self.error_factor)
         total = per_feature.sum(dim=1)
         score = torch.add(total, neighbours, alpha=self.neighbour_factor)

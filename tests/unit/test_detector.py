@@ -10,7 +10,7 @@ import torch
 from training.data import Table
 from training.evaluate import roc_auc
 from training.exceptions import TrainingError
-from training.fit import COMPONENT_WEIGHTS, FitConfig, fit_bundle, kmeans, train
+from training.fit import COMPONENT_WEIGHTS, FitConfig, fit_bundle, neighbour_scaling, train
 from training.model import COMPONENTS, TailLookup, two_sided_tail
 from worker.scoring import Scorer
 
@@ -66,7 +66,7 @@ def cluster(n: int, seed: int) -> np.ndarray:
 
 
 def test_anomalies_left_in_the_training_traffic_are_not_remembered_as_normal():
-    # 1% of the training rows are the cluster. Left out of the prototypes (they are the
+    # 1% of the training rows are the cluster. Left out of the memory (they are the
     # sample's most extreme rows), a fresh burst of the same attack is far from every one.
     X = np.vstack([line(4000, seed=1), cluster(40, seed=2)])
     burst, normal = cluster(300, seed=3), line(3000, seed=4)
@@ -76,7 +76,7 @@ def test_anomalies_left_in_the_training_traffic_are_not_remembered_as_normal():
         module = result.module
         memory = (module.memory - module.shift) / module.inverse_scale  # back to raw units
         memory = memory.numpy()
-    assert np.abs(memory[:, 2]).max() < 5  # no prototype near the cluster's 6.0
+    assert np.abs(memory[:, 2]).max() < 5  # no remembered row near the cluster's 6.0
     assert (scores(result, burst) > result.threshold).all()
     assert (scores(result, normal) > result.threshold).mean() <= 0.02
 
@@ -92,19 +92,66 @@ def test_each_component_is_on_the_scale_of_held_out_normal_rows():
     assert result.report["score"]["weights"] == COMPONENT_WEIGHTS
 
 
-def test_memory_is_a_few_prototypes_and_the_bundle_scores_what_training_scored(tmp_path):
+def test_memory_is_trimmed_training_rows_and_the_bundle_scores_what_training_scored(tmp_path):
     X = line(6000)
-    config = FitConfig(epochs=20, patience=5, seed=2, sample_rows=500, prototypes=64)
+    config = FitConfig(epochs=20, patience=5, seed=2, sample_rows=500, memory_rows=300)
     metadata = fit_bundle(Table(X, ("a", "b", "c")), tmp_path / "m", config)
     assert metadata.training["score"]["sample_rows"] == 500
     assert metadata.training["score"]["sample_trimmed"] == 25  # 5%
-    assert metadata.training["score"]["prototypes"] == 64
+    assert metadata.training["score"]["memory_rows"] == 300
+    assert metadata.training["score"]["memory_subsets"] == 4
     scorer = Scorer.load(tmp_path / "m", "cpu")
-    assert tuple(scorer.module.memory.shape) == (64, 3)
+    module = scorer.module
+    assert tuple(module.memory.shape) == (300, 3)
+    # every remembered row is a training row, in the neighbour space's units
+    raw = ((module.memory - module.shift) / module.inverse_scale).numpy()
+    nearest = np.abs(raw[:, None, :] - X[None, :, :]).max(axis=2).min(axis=1)
+    assert nearest.max() < 1e-4
     probe = line(64, seed=9)
     trained = train(X, config)  # same data, same seed: the same model
     np.testing.assert_allclose(scorer.score(probe).scores, scores(trained, probe), rtol=1e-6)
     assert trained.threshold == metadata.threshold
+
+
+def test_the_neighbour_term_is_half_nearest_row_half_the_subsets_average():
+    result = train(line(2000), FitConfig(epochs=5, seed=0, memory_rows=400, memory_subsets=4))
+    module = result.module
+    probe = line(50, seed=3)
+    with torch.no_grad():
+        parts = module.components(torch.as_tensor(probe))[0].numpy()
+        z = (torch.as_tensor(probe) * module.inverse_scale + module.shift).numpy()
+    memory = module.memory.numpy().reshape(4, 100, 3)
+    distances = np.sqrt(((z[:, None, None, :] - memory[None]) ** 2).sum(axis=3))  # [50, 4, 100]
+    per_subset = distances.min(axis=2)  # [50, 4]
+    expected = 0.5 * (per_subset.min(axis=1) + per_subset.mean(axis=1))
+    np.testing.assert_allclose(parts[:, COMPONENTS.index("neighbours")], expected, rtol=1e-4)
+
+
+def test_a_few_anomalies_left_in_the_memory_mask_only_their_subset():
+    # Ten copies of an attack survive the trim (they are not extreme in any one feature):
+    # with one memory the attack's distance is ~0; with 4 subsets the subsets without a copy
+    # keep it far.
+    rng = np.random.default_rng(0)
+    normal = rng.normal(size=(3000, 4)).astype(np.float32)
+    attack = np.array([1.0, -1.0, 1.0, -1.0], dtype=np.float32)
+    X = np.vstack([normal, attack + 0.01 * rng.normal(size=(10, 4)).astype(np.float32)])
+    probe = (attack + 0.01 * rng.normal(size=(20, 4))).astype(np.float32)
+    neighbour = COMPONENTS.index("neighbours")
+    plain = components(train(X, FitConfig(epochs=5, seed=0, memory_subsets=1)), probe)
+    bagged = components(train(X, FitConfig(epochs=5, seed=0, memory_subsets=4)), probe)
+    assert np.median(plain[:, neighbour]) < 0.2
+    assert np.median(bagged[:, neighbour]) > 2 * np.median(plain[:, neighbour])
+
+
+def test_neighbour_scaling_ignores_outliers_and_handles_constant_columns():
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.normal(size=1000), np.full(1000, 5.0), np.zeros(1000)])
+    X[:10, 0] = 1e6  # 1% wild values: a standard deviation would be ~1e5
+    X[:100, 2] = 1.0  # mostly one value: IQR 0, so the standard deviation
+    center, scale = neighbour_scaling(X)
+    assert abs(center[0]) < 0.1 and 0.9 < scale[0] < 1.1
+    assert center[1] == 5.0 and scale[1] == pytest.approx(0.005)
+    assert scale[2] == pytest.approx(X[:, 2].std(), rel=1e-5)
 
 
 def test_reconstruction_only_score_is_still_available():
@@ -117,8 +164,8 @@ def test_reconstruction_only_score_is_still_available():
     ("overrides", "message"),
     [
         ({"score": "knn"}, "score must be one of combined, reconstruction"),
-        ({"neighbours": 0}, "need 1 <= neighbours <= prototypes <= sample rows"),
-        ({"prototypes": 5000}, "need 1 <= neighbours <= prototypes <= sample rows"),
+        ({"memory_subsets": 0}, "need 1 <= memory subsets <= memory rows <= sample rows"),
+        ({"memory_rows": 5000}, "need 1 <= memory subsets <= memory rows <= sample rows"),
         ({"memory_trim": 0.5}, "memory trim must be in [0, 0.5)"),
     ],
 )
@@ -175,21 +222,14 @@ def test_tail_lookup_matches_the_empirical_tail_and_never_overstates_it():
     assert far.any() and (looked_up[:2000][far, 2] > np.log(1000)).all()
 
 
-def test_kmeans_prototypes_cover_every_cluster_and_keep_small_inputs():
-    rng = np.random.default_rng(0)
-    centres = np.array([[0, 0], [10, 0], [0, 10], [10, 10]], dtype=np.float32)
-    X = np.vstack([c + 0.1 * rng.normal(size=(200, 2)) for c in centres]).astype(np.float32)
-    found = kmeans(X, 4, np.random.default_rng(1))
-    assert np.abs(np.sort(found, axis=0) - np.sort(centres, axis=0)).max() < 0.1
-    assert kmeans(X[:3], 4, rng).shape == (3, 2)
-    assert kmeans(np.ones((50, 2), np.float32), 8, rng).shape == (1, 2)  # one distinct row
-
-
 ADBENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "adbench"
 
 
 @pytest.mark.skipif(not ADBENCH.exists(), reason="public benchmark data not beside the checkout")
-@pytest.mark.parametrize(("name", "floor"), [("38_thyroid", 0.96), ("6_cardio", 0.95)])
+# cardio's floor was 0.95 with 256 k-means prototypes; the subset memory, chosen for training
+# traffic with anomalies left in (mean ROC-AUC over 34 datasets 73.7 -> 76.0), scores a little
+# lower on this dataset (cardio, normal protocol, 3 seeds: 96.8 -> 95.8; docs/detection.md).
+@pytest.mark.parametrize(("name", "floor"), [("38_thyroid", 0.96), ("6_cardio", 0.94)])
 def test_default_score_on_real_data_beats_the_autoencoder_alone(name, floor):
     # The datasets where the autoencoder alone did worst (ROC-AUC 0.785 and 0.868 on this
     # split): trained on the normal rows of a stratified 70%, scored on the other 30%.
@@ -208,6 +248,7 @@ def test_default_score_on_real_data_beats_the_autoencoder_alone(name, floor):
     auc_combined = roc_auc(y[test], scores(combined, X[test]))
     auc_alone = roc_auc(y[test], scores(alone, X[test]))
     assert auc_combined >= floor, (auc_combined, auc_alone)
+    assert auc_combined >= auc_alone + 0.05, (auc_combined, auc_alone)
     assert auc_combined >= auc_alone + 0.05
     normal = y[test] == 0
     rate = (scores(combined, X[test][normal]) > combined.threshold).mean()

@@ -30,7 +30,7 @@ def test_auto_picks_cuda(tmp_path):
 
 
 def test_default_trained_bundle_scores_the_same_on_cuda(tmp_path):
-    # The combined score (autoencoder + prototypes + tail table) on the device the worker
+    # The combined score (autoencoder + memory of normal rows + tail table) on the device the worker
     # picks: the same scores and the same alert decisions as on the CPU.
     from training.data import Table
     from training.fit import FitConfig, fit_bundle
