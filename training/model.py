@@ -177,6 +177,8 @@ class EnsembleModule(nn.Module):
 
 
 COMPONENTS = ("reconstruction", "neighbours", "tails")
+#: Rows whose distances to the memory are computed at once (see DetectorModule._parts).
+NEIGHBOUR_BLOCK_ROWS = 512
 
 
 TAIL_CELLS = 1024
@@ -294,6 +296,7 @@ class DetectorModule(nn.Module):
     neighbour_factor: float
     tail_factor: float
     subsets: int
+    block_rows: int
 
     def __init__(
         self,
@@ -323,6 +326,7 @@ class DetectorModule(nn.Module):
         self.neighbour_factor = factors[1]
         self.tail_factor = factors[2]
         self.subsets = subsets
+        self.block_rows = NEIGHBOUR_BLOCK_ROWS
 
     def _parts(
         self, x: torch.Tensor
@@ -332,8 +336,14 @@ class DetectorModule(nn.Module):
         # Squared distances by one matrix product (cdist costs ~5x more at this shape);
         # |z|^2 is the same for every memory row, so it is added after the minima. The subsets
         # are consecutive blocks of the (shuffled) memory: one minimum over a view, no top-k.
-        partial = torch.addmm(self.memory_norms, z, self.memory.t(), alpha=-2.0)
-        nearest = partial.view(partial.shape[0], self.subsets, -1).amin(dim=2)
+        # In blocks of rows: a [5,000 x 1,024] distance matrix is 20 MB, allocated and faulted
+        # in afresh for every batch; 512-row blocks (2 MB) stay in cache.
+        blocks: list[torch.Tensor] = []
+        for start in range(0, z.shape[0], self.block_rows):
+            block = z[start : start + self.block_rows]
+            partial = torch.addmm(self.memory_norms, block, self.memory.t(), alpha=-2.0)
+            blocks.append(partial.view(block.shape[0], self.subsets, -1).amin(dim=2))
+        nearest = torch.cat(blocks)
         norms = z.pow(2).sum(dim=1, keepdim=True)
         distances = (nearest + norms).clamp(min=0.0).sqrt()  # [B, subsets]
         # Half the nearest row of the whole memory (the finest local detail, for clean
