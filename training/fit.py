@@ -23,7 +23,6 @@ from training.exceptions import TrainingError
 from training.model import (
     ACTIVATIONS,
     COMPONENTS,
-    MIN_SCALE,
     AutoEncoder,
     DetectorModule,
     EnsembleModule,
@@ -328,13 +327,8 @@ def neighbour_scaling(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     and a column constant in training counts a change of 0.1% of its value (or of 0.001) as
     one unit, so a never-seen value there is far from every remembered row."""
     X = np.asarray(X, dtype=np.float64)
-    center = np.median(X, axis=0)
-    q75, q25 = np.percentile(X, [75, 25], axis=0)
-    iqr = (q75 - q25) / 1.349
-    spread = X.std(axis=0)
-    constant = CONSTANT_RELATIVE_SCALE * np.maximum(np.abs(center), 1.0)
-    scale = np.where(iqr > MIN_SCALE, iqr, np.where(spread > MIN_SCALE, spread, constant))
-    return center.astype(np.float32), scale.astype(np.float32)
+    constant = CONSTANT_RELATIVE_SCALE * np.maximum(np.abs(np.median(X, axis=0)), 1.0)
+    return robust_scaling(X, constant)
 
 
 def _shape(d: int, config: FitConfig) -> tuple[tuple[int, ...], int]:

@@ -86,13 +86,15 @@ class AutoEncoder(nn.Module):
         return self.decoder(self.encoder(x))
 
 
-def robust_scaling(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Median and a robust spread (IQR / 1.349, else std, else 1) per column."""
+def robust_scaling(
+    X: np.ndarray, constant_scale: np.ndarray | float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Median and a robust spread (IQR / 1.349, else std, else ``constant_scale``) per column."""
     center = np.median(X, axis=0)
     q75, q25 = np.percentile(X, [75, 25], axis=0)
     scale = (q75 - q25) / 1.349
     std = X.std(axis=0)
-    scale = np.where(scale > MIN_SCALE, scale, np.where(std > MIN_SCALE, std, 1.0))
+    scale = np.where(scale > MIN_SCALE, scale, np.where(std > MIN_SCALE, std, constant_scale))
     return center.astype(np.float32), scale.astype(np.float32)
 
 
