@@ -1,10 +1,13 @@
 """Drift statistics: PSI against a reference implementation, the bands, the sliding window."""
 
+import json
+
 import numpy as np
 import pytest
 from scipy.stats import entropy
 
-from worker.bundle import DriftReference
+from tests.helpers import standard_normal_reference, write_distance_bundle
+from worker.bundle import BundleError, DriftReference, read_metadata
 from worker.drift import (
     SMOOTHING,
     DriftMonitor,
@@ -179,3 +182,39 @@ def test_window_counts_equal_a_plain_binning_of_every_value():
             np.asarray(reference.score_counts),
         )
         assert snap.score_psi == pytest.approx(expected_score, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (lambda r: r.pop("feature_edges"), "drift reference is malformed"),
+        (lambda r: r.update(feature_edges="not a list"), "drift reference"),
+        (lambda r: r["feature_counts"][0].append(7), "bins that do not fit their edges"),
+        (lambda r: r["score_counts"].pop(), "bins that do not fit their edges"),
+    ],
+)
+def test_a_corrupt_reference_in_bundle_json_refuses_the_bundle(tmp_path, tamper, message):
+    # A hand-edited or truncated bundle.json: the worker refuses the bundle before serving it.
+    directory = tmp_path / "m"
+    write_distance_bundle(directory, drift_reference=standard_normal_reference())
+    path = directory / "bundle.json"
+    data = json.loads(path.read_text())
+    tamper(data["drift_reference"])
+    path.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=message):
+        read_metadata(directory)
+
+
+def test_a_reference_for_other_features_refuses_the_bundle(tmp_path):
+    directory = tmp_path / "m"
+    write_distance_bundle(directory, drift_reference=standard_normal_reference())
+    path = directory / "bundle.json"
+    data = json.loads(path.read_text())
+    wider = DriftReference.from_dict(data["drift_reference"])
+    data["drift_reference"]["feature_edges"].append(list(wider.feature_edges[0]))
+    data["drift_reference"]["feature_counts"].append(list(wider.feature_counts[0]))
+    data["drift_reference"]["feature_low"].append(0.0)
+    data["drift_reference"]["feature_high"].append(1.0)
+    path.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="does not describe"):
+        read_metadata(directory)
