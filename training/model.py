@@ -338,14 +338,21 @@ class DetectorModule(nn.Module):
         # Squared distances by one matrix product (cdist costs ~5x more at this shape);
         # |z|^2 is the same for every memory row, so it is added after the minima. The subsets
         # are consecutive blocks of the (shuffled) memory: one minimum over a view, no top-k.
-        # In blocks of rows: a [5,000 x 1,024] distance matrix is 20 MB, allocated and faulted
-        # in afresh for every batch; 512-row blocks (2 MB) stay in cache.
-        blocks: list[torch.Tensor] = []
+        # In blocks of rows, into one scratch matrix per call: a [5,000 x 1,024] distance
+        # matrix is 20 MB, and a fresh [512 x 1,024] one per block (2 MB, past the allocator's
+        # mmap threshold) is faulted in afresh each time -- that cost more than the product.
+        rows = min(self.block_rows, z.shape[0])
+        scratch = torch.empty([rows, self.memory.shape[0]], dtype=z.dtype, device=z.device)
+        nearest = torch.empty([z.shape[0], self.subsets], dtype=z.dtype, device=z.device)
         for start in range(0, z.shape[0], self.block_rows):
             block = z[start : start + self.block_rows]
-            partial = torch.addmm(self.memory_norms, block, self.memory.t(), alpha=-2.0)
-            blocks.append(partial.view(block.shape[0], self.subsets, -1).amin(dim=2))
-        nearest = torch.cat(blocks)
+            partial = scratch[: block.shape[0]]
+            torch.addmm(self.memory_norms, block, self.memory.t(), alpha=-2.0, out=partial)
+            torch.amin(
+                partial.view(block.shape[0], self.subsets, -1),
+                dim=2,
+                out=nearest[start : start + block.shape[0]],
+            )
         norms = z.pow(2).sum(dim=1, keepdim=True)
         distances = (nearest + norms).clamp(min=0.0).sqrt()  # [B, subsets]
         # Half the nearest row of the whole memory (the finest local detail, for clean
