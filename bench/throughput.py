@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/throughput.py [--records 400000] [--loads 5000,20000,50000]
         [--load-seconds 20] [--clients kafka-python,confluent] [--device cpu|cuda]
-        [--guarantees at_least_once,exactly_once] [--drift on,off]
+        [--guarantees at_least_once,exactly_once] [--drift on,off] [--memory-rows 512,1024]
 
 On one broker and one pre-filled topic (N 8-feature JSON records, 1% anomalous):
 
@@ -10,7 +10,8 @@ On one broker and one pre-filled topic (N 8-feature JSON records, 1% anomalous):
 2. a bare confluent-kafka (librdkafka) consumer drains it;
 3. for each transport (and each processing guarantee and drift setting asked for: with
    ``--drift on,off`` every worker phase also runs with ``ANOMALY_DRIFT=false``, the
-   bundle's drift reference unused), a real ``anomaly-worker run``
+   bundle's drift reference unused; with ``--memory-rows 512,1024`` one bundle is fitted
+   per memory size of the neighbour term and each is run), a real ``anomaly-worker run``
    process drains it (its consumed count is scraped from /metrics every 100 ms) until every
    offset is committed; then it serves fixed offered loads (records/s, 5% anomalous) while a
    ``read_committed`` reader measures event -> alert latency (the alert's receive time minus
@@ -70,18 +71,25 @@ def main() -> int:
     )
     parser.add_argument("--drift", default="on", help="on, off or on,off (ANOMALY_DRIFT)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--memory-rows",
+        default=str(FitConfig().memory_rows),
+        help="the bundle's neighbour memory (anomaly-train fit --memory-rows); a list runs each",
+    )
     parser.add_argument("--env", action="append", default=[], help="extra ANOMALY_X=Y for workers")
     args = parser.parse_args()
     loads = [float(x) for x in args.loads.split(",") if x]
     clients = [c for c in args.clients.split(",") if c]
     guarantees = [g for g in args.guarantees.split(",") if g]
     drifts = [d == "on" for d in args.drift.split(",") if d]
-    # (client, guarantee, drift) and how their rows are named
-    runs = [(c, g, d) for c in clients for g in guarantees for d in drifts]
+    memories = [int(m) for m in args.memory_rows.split(",") if m]
+    # (client, guarantee, drift, memory rows) and how their rows are named
+    runs = [(c, g, d, m) for c in clients for g in guarantees for d in drifts for m in memories]
 
-    def named(client: str, guarantee: str, drift: bool = True) -> str:
+    def named(client: str, guarantee: str, drift: bool = True, memory: int = 0) -> str:
         details = [guarantee] if len(guarantees) > 1 else []
         details += [] if len(drifts) == 1 else ["drift on" if drift else "drift off"]
+        details += [f"memory {memory or memories[0]}"] if len(memories) > 1 else []
         return f"worker on {client}" + (f" ({', '.join(details)})" if details else "")
 
     rows: list[tuple[str, float, float]] = []  # (what, steady records/s, CPU s per 1M)
@@ -102,13 +110,15 @@ def main() -> int:
         admin.create_topics([NewTopic(topic, args.partitions, 1)])
         admin.close()
         rng = np.random.default_rng(0)
-        fit_bundle(
-            Table(
-                rng.normal(size=(20_000, D)).astype(np.float32), tuple(f"f{i}" for i in range(D))
-            ),
-            workdir / "model",
-            FitConfig(epochs=20, seed=0),
+        normal = Table(
+            rng.normal(size=(20_000, D)).astype(np.float32), tuple(f"f{i}" for i in range(D))
         )
+        for memory in memories:
+            fit_bundle(
+                normal,
+                workdir / f"model-{memory}",
+                FitConfig(epochs=20, seed=0, memory_rows=memory),
+            )
         t0 = time.perf_counter()
         fill(bootstrap, topic, args.records, rng, anomaly_share=0.01)
         print(f"pre-filled {args.records} records in {time.perf_counter() - t0:.1f}s", flush=True)
@@ -124,7 +134,7 @@ def main() -> int:
         print(f"bare confluent-kafka: {rate:,.0f} records/s, {cpu:.1f} CPU s/1M", flush=True)
 
         def start_worker(
-            client: str, guarantee: str, drift: bool, broker: str, input_topic: str
+            client: str, guarantee: str, drift: bool, memory: int, broker: str, input_topic: str
         ) -> tuple[Any, int, str]:
             """A worker process on ``broker``: (process, metrics port, alert topic)."""
             suffix = uuid.uuid4().hex[:6]
@@ -144,7 +154,7 @@ def main() -> int:
                 "ANOMALY_ALERT_TOPIC": alerts,
                 "ANOMALY_DLQ_TOPIC": dlq,
                 "ANOMALY_GROUP_ID": f"worker-{suffix}",
-                "ANOMALY_MODEL_PATH": str(workdir / "model"),
+                "ANOMALY_MODEL_PATH": str(workdir / f"model-{memory}"),
                 "ANOMALY_METRICS_PORT": str(port),
                 "ANOMALY_METRICS_HOST": "127.0.0.1",
                 "ANOMALY_SESSION_TIMEOUT_SECONDS": "6",
@@ -166,9 +176,9 @@ def main() -> int:
                 time.sleep(0.1)
             return process, port, alerts
 
-        for client, guarantee, drift in runs:
-            name = named(client, guarantee, drift)
-            worker, port, _ = start_worker(client, guarantee, drift, bootstrap, topic)
+        for client, guarantee, drift, memory in runs:
+            name = named(client, guarantee, drift, memory)
+            worker, port, _ = start_worker(client, guarantee, drift, memory, bootstrap, topic)
             rate, cpu = worker_drain(port, args.records, worker.pid)
             rows.append((name, rate, cpu))
             print(f"{name}: {rate:,.0f} records/s, {cpu:.1f} CPU s/1M", flush=True)
@@ -187,7 +197,7 @@ def main() -> int:
                     admin.create_topics([NewTopic(load_topic, args.partitions, 1)])
                     admin.close()
                     worker, port, alerts = start_worker(
-                        client, guarantee, drift, broker, load_topic
+                        client, guarantee, drift, memory, broker, load_topic
                     )
                     p50, p99, share, bare50, bare99 = offered_load(
                         broker, load_topic, alerts, load, args.load_seconds, worker.pid
@@ -209,20 +219,23 @@ def main() -> int:
     )
     print(
         f"records: {args.records} x {D} features, {args.partitions} partitions, "
-        f"device {args.device}"
+        f"device {args.device}, neighbour memory {args.memory_rows} rows"
     )
     print("| consumer | steady records/s | CPU s per 1M records |")
     print("| --- | ---: | ---: |")
     for what, rate, cpu in rows:
         print(f"| {what} | {rate:,.0f} | {cpu:.1f} |")
     by = {what: rate for what, rate, _ in rows}
-    for client, guarantee, drift in runs:
+    for client, guarantee, drift, memory in runs:
         bare = "bare kafka-python" if client == "kafka-python" else "bare confluent-kafka"
-        name = named(client, guarantee, drift)
+        name = named(client, guarantee, drift, memory)
         print(f"{name} / {bare}: {by[name] / by[bare]:.2f}")
-    for client, guarantee, drift in runs if len(drifts) > 1 else ():
+    for client, guarantee, drift, memory in runs if len(drifts) > 1 else ():
         if drift:
-            on, off = named(client, guarantee, True), named(client, guarantee, False)
+            on, off = (
+                named(client, guarantee, True, memory),
+                named(client, guarantee, False, memory),
+            )
             print(f"{client} {guarantee}: drift on / drift off records/s: {by[on] / by[off]:.2f}")
     for guarantee in guarantees if len(clients) == 2 else ():
         ratio = by[named("confluent", guarantee)] / by[named("kafka-python", guarantee)]
