@@ -92,7 +92,7 @@ class FitConfig:
     (``DetectorModule``); ``reconstruction``: the autoencoders' error alone."""
     memory_rows: int = 1024
     """combined score: normal training rows the bundle remembers for the neighbour term (its
-    cost per record grows with them: ~0.6 us at 512 rows, ~1.1 at 1,024, 8 features, CPU)."""
+    cost per record grows with them: 0.6-1.0 us at 512 rows, 1.1-1.3 at 1,024, 8 features, CPU)."""
     memory_subsets: int = 4
     """combined score: the memory is split into this many random subsets; the neighbour term is
     half the distance to the nearest remembered row, half the average over the subsets of the

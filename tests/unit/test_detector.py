@@ -116,15 +116,30 @@ def test_memory_is_trimmed_training_rows_and_the_bundle_scores_what_training_sco
 def test_the_neighbour_term_is_half_nearest_row_half_the_subsets_average():
     result = train(line(2000), FitConfig(epochs=5, seed=0, memory_rows=400, memory_subsets=4))
     module = result.module
-    probe = line(50, seed=3)
+    # 1,100 rows: three blocks of the distance computation, the last one partial, all through
+    # one scratch matrix (a block that kept an earlier block's distances would show here).
+    probe = line(1100, seed=3)
+    assert module.block_rows < len(probe) < 3 * module.block_rows
     with torch.no_grad():
         parts = module.components(torch.as_tensor(probe))[0].numpy()
         z = (torch.as_tensor(probe) * module.inverse_scale + module.shift).numpy()
     memory = module.memory.numpy().reshape(4, 100, 3)
-    distances = np.sqrt(((z[:, None, None, :] - memory[None]) ** 2).sum(axis=3))  # [50, 4, 100]
-    per_subset = distances.min(axis=2)  # [50, 4]
+    distances = np.sqrt(((z[:, None, None, :] - memory[None]) ** 2).sum(axis=3))  # [B, 4, 100]
+    per_subset = distances.min(axis=2)  # [B, 4]
     expected = 0.5 * (per_subset.min(axis=1) + per_subset.mean(axis=1))
     np.testing.assert_allclose(parts[:, COMPONENTS.index("neighbours")], expected, rtol=1e-4)
+
+
+def test_scores_do_not_depend_on_how_rows_are_batched():
+    module = train(line(2000), FitConfig(epochs=5, seed=0, memory_rows=400)).module
+    probe = torch.as_tensor(line(1100, seed=4))
+    with torch.no_grad():
+        whole = module(probe)[0]
+        pieces = torch.cat([module(probe[i : i + 7])[0] for i in range(0, len(probe), 7)])
+        empty = module(probe[:0])
+    # Matrix products of other shapes round differently (~1e-5 near a remembered row).
+    torch.testing.assert_close(whole, pieces, rtol=1e-4, atol=1e-4)
+    assert empty[0].shape == (0,) and empty[1].shape == (0, 3)
 
 
 def test_a_few_anomalies_left_in_the_memory_mask_only_their_subset():
