@@ -131,7 +131,8 @@ class FitConfig:
         if not 1 <= self.memory_subsets <= self.memory_rows <= self.sample_rows:
             problems.append(
                 "need 1 <= memory subsets <= memory rows <= sample rows, got "
-                f"{self.memory_subsets}, {self.memory_rows}, {self.sample_rows}"
+                f"{self.memory_subsets}, {self.memory_rows}, {self.sample_rows} "
+                "(--memory-subsets, --memory-rows, --sample-rows)"
             )
         if not 0 <= self.memory_trim < 0.5:
             problems.append(f"memory trim must be in [0, 0.5), got {self.memory_trim}")

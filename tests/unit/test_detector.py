@@ -181,6 +181,8 @@ def test_reconstruction_only_score_is_still_available():
         ({"score": "knn"}, "score must be one of combined, reconstruction"),
         ({"memory_subsets": 0}, "need 1 <= memory subsets <= memory rows <= sample rows"),
         ({"memory_rows": 5000}, "need 1 <= memory subsets <= memory rows <= sample rows"),
+        # a smaller sample alone: the default memory no longer fits, and the line says which flags
+        ({"sample_rows": 800}, "got 4, 1024, 800 (--memory-subsets, --memory-rows, --sample-rows)"),
         ({"memory_trim": 0.5}, "memory trim must be in [0, 0.5)"),
     ],
 )
