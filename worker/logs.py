@@ -8,7 +8,13 @@ import sys
 import time
 from collections.abc import Callable, Hashable
 
-__all__ = ["JsonFormatter", "RepeatFilter", "Throttle", "configure_logging"]
+__all__ = [
+    "ClosedSocketRaceFilter",
+    "JsonFormatter",
+    "RepeatFilter",
+    "Throttle",
+    "configure_logging",
+]
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -86,6 +92,30 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+class ClosedSocketRaceFilter(logging.Filter):
+    """Drop kafka-python 3's traceback for a read or write on a socket it has just closed.
+
+    Its transport's ``_close`` sets the socket to None before unregistering it from the IO
+    thread's selector, so a read event already selected then calls ``None.recv`` and logs
+    "Error receiving network data closing socket" with a traceback, for a connection that is
+    closed already (seen when the worker closes its clients on SIGTERM, after its final
+    commit). Nothing is lost; any other error from the client still shows.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("kafka.net") or not record.exc_info:
+            return True
+        error = record.exc_info[1]
+        return not (
+            isinstance(error, AttributeError)
+            and str(error)
+            in (
+                "'NoneType' object has no attribute 'recv'",
+                "'NoneType' object has no attribute 'send'",
+            )
+        )
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time (it may be replaced after set-up)."""
 
@@ -111,4 +141,5 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     # one of each kind per 30 s during an outage (unless debugging).
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     if level != "DEBUG":
+        handler.addFilter(ClosedSocketRaceFilter())
         handler.addFilter(RepeatFilter("kafka"))

@@ -80,3 +80,43 @@ def test_drift_is_exported_per_feature_with_a_bounded_number_of_series():
     }
     assert max(ratios.values()) == 0.05 and ratios.keys() == set(series)
     assert registry.get_sample_value("anomaly_score_drift") < 0.1
+
+
+def test_kafka_pythons_read_on_a_socket_it_just_closed_is_not_logged_as_a_traceback():
+    # kafka-python 3's transport sets its socket to None before unregistering it; a read event
+    # already selected then logs a traceback from None.recv (seen at SIGTERM, after the final
+    # commit). The record comes from the client's own code here, not a hand-made copy.
+    import logging
+
+    from kafka.net.transport import KafkaTCPTransport
+
+    from worker.logs import ClosedSocketRaceFilter
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("kafka.net.transport")
+    logger.addHandler(handler)
+    try:
+        transport = KafkaTCPTransport(net=None, sock=None, host=("127.0.0.1", 9092))
+        transport._closed = True
+        transport._sock_recv()
+    finally:
+        logger.removeHandler(handler)
+    race = [r for r in records if r.exc_info]
+    assert race and "Error receiving network data" in race[0].getMessage()
+    keep = ClosedSocketRaceFilter()
+    assert not keep.filter(race[0])
+    # Any other error of the client, or ours, still shows.
+    other = logging.makeLogRecord({"name": "kafka.net.transport", "msg": "Error receiving"})
+    try:
+        raise ConnectionResetError("reset by peer")
+    except ConnectionResetError:
+        import sys
+
+        other.exc_info = sys.exc_info()
+    assert keep.filter(other)
+    ours = logging.makeLogRecord(
+        {"name": "worker.pipeline", "msg": "x", "exc_info": race[0].exc_info}
+    )
+    assert keep.filter(ours)
