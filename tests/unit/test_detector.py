@@ -245,7 +245,7 @@ ADBENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "adbench"
 @pytest.mark.skipif(not ADBENCH.exists(), reason="public benchmark data not beside the checkout")
 # cardio's floor was 0.95 with 256 k-means prototypes; the subset memory, chosen for training
 # traffic with anomalies left in (mean ROC-AUC over 34 datasets 73.7 -> 76.0), scores a little
-# lower on this dataset (cardio, normal protocol, 3 seeds: 96.8 -> 95.4; docs/detection.md).
+# lower on this dataset (cardio, normal protocol, 3 seeds: 96.8 -> 95.8; docs/detection.md).
 @pytest.mark.parametrize(("name", "floor"), [("38_thyroid", 0.96), ("6_cardio", 0.94)])
 def test_default_score_on_real_data_beats_the_autoencoder_alone(name, floor):
     # The datasets where the autoencoder alone did worst (ROC-AUC 0.785 and 0.868 on this

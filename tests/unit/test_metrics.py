@@ -108,13 +108,14 @@ def test_kafka_pythons_read_on_a_socket_it_just_closed_is_not_logged_as_a_traceb
     keep = ClosedSocketRaceFilter()
     assert not keep.filter(race[0])
     # Any other error of the client, or ours, still shows.
-    other = logging.makeLogRecord({"name": "kafka.net.transport", "msg": "Error receiving"})
-    try:
-        raise ConnectionResetError("reset by peer")
-    except ConnectionResetError:
-        import sys
-
-        other.exc_info = sys.exc_info()
+    reset = ConnectionResetError("reset by peer")
+    other = logging.makeLogRecord(
+        {
+            "name": "kafka.net.transport",
+            "msg": "Error receiving",
+            "exc_info": (ConnectionResetError, reset, None),
+        }
+    )
     assert keep.filter(other)
     ours = logging.makeLogRecord(
         {"name": "worker.pipeline", "msg": "x", "exc_info": race[0].exc_info}
