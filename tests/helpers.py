@@ -32,15 +32,18 @@ def write_distance_bundle(
     threshold: float = 4.0,
     version: str = "test-v1",
     drift_reference: DriftReference | None = None,
+    calibration_rows: int = 100,
 ) -> BundleMetadata:
-    """A bundle whose score is the mean squared distance from 0: easy to reason about in tests."""
+    """A bundle whose score is the mean squared distance from 0: easy to reason about in tests.
+
+    Its threshold claims a 1% alert rate, set on ``calibration_rows`` held-out rows."""
     buffer = io.BytesIO()
     torch.jit.save(torch.jit.script(DistanceModel([0.0] * len(names))), buffer)
     metadata = BundleMetadata(
         version=version,
         feature_names=names,
         threshold=threshold,
-        calibration=ThresholdCalibration("quantile", 0.01, 100, 0.01),
+        calibration=ThresholdCalibration("quantile", 0.01, calibration_rows, 0.01),
         training={"rows_train": 0},
         sha256="",
         torch_version=torch.__version__,

@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 # --- commands ----------------------------------------------------------------------------
 def cmd_fit(args: argparse.Namespace) -> int:
     config = _fit_config(args, kafka=args.from_kafka)
+    config.validate()
+    gate_config = _gate_config(args)
     exclusions: dict[str, int] = {}
     if args.from_kafka:
         registry = (
@@ -78,7 +80,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print(version)
         if args.promote:
             sample = load_table(args.sample).X if args.sample else None
-            result = promote(registry, version, sample, _gate_config(args), force=args.force)
+            result = promote(registry, version, sample, gate_config, force=args.force)
             _print_gate(version, result)
             return 0 if result.accepted else 3
         return 0
@@ -204,6 +206,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 def cmd_schedule(args: argparse.Namespace) -> int:
     period = parse_duration(args.every)
+    _fit_config(args, kafka=True).validate()  # a bad flag fails now, not every period
+    _gate_config(args)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -223,6 +227,8 @@ def retrain_once(args: argparse.Namespace) -> bool:
     With ``--if-drift``, only when the drift of recent traffic from the current model's
     training traffic passes ``--drift-threshold`` (True, nothing done, when it does not).
     """
+    config, gate_config = _fit_config(args, kafka=True), _gate_config(args)
+    config.validate()
     registry = Registry.create(args.registry)
     traffic, current = _kafka_traffic(args, registry)
     trigger: dict[str, Any] | None = None
@@ -244,8 +250,8 @@ def retrain_once(args: argparse.Namespace) -> bool:
     cut = int(len(order) * 0.8)
     train_rows, sample_rows = np.sort(order[:cut]), np.sort(order[cut:])
     table = Table(X[train_rows], traffic.table.feature_names)
-    version = register(registry, table, _fit_config(args, kafka=True), traffic.excluded, trigger)
-    result = promote(registry, version, X[sample_rows], _gate_config(args))
+    version = register(registry, table, config, traffic.excluded, trigger)
+    result = promote(registry, version, X[sample_rows], gate_config)
     _print_gate(version, result)
     removed = retain(registry, args.keep)
     if removed:
@@ -335,7 +341,9 @@ def _fit_config(args: argparse.Namespace, kafka: bool) -> FitConfig:
 
 def _gate_config(args: argparse.Namespace) -> GateConfig:
     return GateConfig(
-        max_rate_factor=args.max_rate_factor, max_error_increase=args.max_error_increase
+        max_rate_factor=args.max_rate_factor,
+        rate_significance=args.rate_significance,
+        max_error_increase=args.max_error_increase,
     )
 
 
@@ -499,7 +507,13 @@ def _parser() -> argparse.ArgumentParser:
             "--max-rate-factor",
             type=float,
             default=3.0,
-            help="sample alert rate within calibrated rate x/÷ this (3)",
+            help="sample alert rate within calibrated rate x/÷ this (3)...",
+        )
+        g.add_argument(
+            "--rate-significance",
+            type=float,
+            default=0.001,
+            help="...unless a rate that far off has at least this chance (0.001)",
         )
         g.add_argument(
             "--max-error-increase",

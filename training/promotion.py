@@ -2,8 +2,10 @@
 
 A candidate becomes current only if it loads (checksum, shapes), its features
 match the current model's, and on a recent sample of normal traffic (a) its
-alert rate is within a factor of its calibrated rate and (b) its reconstruction
-error is not worse than the current model's by more than a margin. Errors are
+alert rate is within a factor of its calibrated rate, unless the difference is within
+what chance explains (the threshold was set on a finite held-out set, the sample is
+finite), and (b) its reconstruction error is not worse than the current model's by more
+than a margin. Errors are
 compared in units both models share: squared error of their expected values,
 per feature, divided by the sample's own robust spread.
 """
@@ -16,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from training.data import Table
+from training.exceptions import TrainingError
 from training.fit import FitConfig, build_bundle
 from training.model import robust_scaling
 from training.report import write_report
@@ -29,6 +33,7 @@ from worker.scoring import Scorer
 __all__ = [
     "GateConfig",
     "GateResult",
+    "alert_count_tails",
     "gate",
     "promote",
     "prune",
@@ -43,7 +48,10 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class GateConfig:
     max_rate_factor: float = 3.0
-    """The sample's alert rate must lie within [rate / f, rate * f] of the calibrated rate."""
+    """The sample's alert rate must lie within [rate / f, rate * f] of the calibrated rate..."""
+    rate_significance: float = 0.001
+    """...unless a count that far off has at least this chance (``alert_count_tails``): a
+    threshold calibrated on 960 rows at 1% gives 3 or fewer alerts in 1,200 rows 2% of the time."""
     max_error_increase: float = 0.25
     """The candidate's median sample error may exceed the current model's by this fraction."""
     min_expected_alerts: float = 10.0
@@ -51,6 +59,17 @@ class GateConfig:
     error_floor: float = 0.05
     """Errors closer than this (squared, in units of the sample's robust spread) count as equal:
     two good models both reconstruct within a few percent of a feature's variance."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.max_rate_factor >= 1:
+            problems.append(f"--max-rate-factor must be >= 1, got {self.max_rate_factor}")
+        if not 0 < self.rate_significance < 1:
+            problems.append(f"--rate-significance must be in (0, 1), got {self.rate_significance}")
+        if not self.max_error_increase >= 0:
+            problems.append(f"--max-error-increase must be >= 0, got {self.max_error_increase}")
+        if problems:
+            raise TrainingError("; ".join(problems))
 
 
 @dataclass
@@ -120,8 +139,16 @@ def gate(
         return GateResult(False, reasons, measurements)
     X = np.ascontiguousarray(sample, dtype=np.float32)
     expected_rate = meta.calibration.expected_alert_rate
-    rate = float((candidate.score(X).scores > meta.threshold).mean())
-    measurements.update(alert_rate=rate, expected_alert_rate=expected_rate)
+    alerts = int((candidate.score(X).scores > meta.threshold).sum())
+    rate = alerts / len(X)
+    fewer, more = alert_count_tails(
+        alerts, len(X), expected_rate, meta.calibration.calibration_rows
+    )
+    measurements.update(
+        alert_rate=rate,
+        expected_alert_rate=expected_rate,
+        alert_rate_chance=min(fewer, more),
+    )
     needed = int(np.ceil(config.min_expected_alerts / max(expected_rate, 1e-9)))
     if len(X) < needed:
         reasons.append(
@@ -130,9 +157,12 @@ def gate(
         )
     else:
         low, high = expected_rate / config.max_rate_factor, expected_rate * config.max_rate_factor
-        if not low <= rate <= high:
+        chance = fewer if rate < low else more
+        if not low <= rate <= high and chance < config.rate_significance:
             reasons.append(
-                f"alert rate {rate:.4f} on the sample is outside [{low:.4f}, {high:.4f}]"
+                f"alert rate {rate:.4f} on the sample ({alerts} of {len(X)} rows) is outside "
+                f"[{low:.4f}, {high:.4f}], with a chance of {chance:.2g} of being that far off "
+                f"given {meta.calibration.calibration_rows} calibration rows"
             )
     if current is not None and not reasons:
         _, spread = robust_scaling(X)
@@ -146,6 +176,40 @@ def gate(
                 f"by more than {config.max_error_increase:.0%}"
             )
     return GateResult(not reasons, reasons, measurements)
+
+
+def alert_count_tails(
+    alerts: int, rows: int, rate: float, calibration_rows: int
+) -> tuple[float, float]:
+    """P(count <= alerts), P(count >= alerts) for a model with this calibrated alert rate.
+
+    A threshold set on ``calibration_rows`` held-out rows at ``rate`` is itself uncertain:
+    the share of new normal rows above the (conformal) quantile is Beta(a, b) distributed
+    with a = rate * (m + 1), b = (1 - rate) * (m + 1). The count of alerts among ``rows``
+    new rows is then beta-binomial; the gate judges a sample's count against that, not
+    against a binomial that pretends the threshold is exact.
+    """
+    if rows <= 0:
+        return 1.0, 1.0
+    m = calibration_rows if calibration_rows > 0 else 10**9  # unknown: treat as exact
+    a = max(rate * (m + 1), 0.5)
+    b = max((1.0 - rate) * (m + 1), 0.5)
+    k = torch.arange(rows + 1, dtype=torch.float64)
+    n = torch.tensor(float(rows), dtype=torch.float64)
+    log_pmf = (
+        torch.lgamma(n + 1)
+        - torch.lgamma(k + 1)
+        - torch.lgamma(n - k + 1)
+        + _log_beta(k + a, n - k + b)
+        - _log_beta(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64))
+    )
+    fewer = float(torch.logsumexp(log_pmf[: alerts + 1], 0).exp())
+    more = float(torch.logsumexp(log_pmf[alerts:], 0).exp())
+    return min(fewer, 1.0), min(more, 1.0)
+
+
+def _log_beta(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
 
 
 def promote(

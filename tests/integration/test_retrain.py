@@ -138,10 +138,12 @@ def test_schedule_retrains_every_period_and_stops_on_sigterm(kafka_bootstrap, to
             interval=0.5,
             message="two retraining cycles",
         )
-        assert registry.current() in registry.versions()
+        current = registry.current()
     finally:
         process.send_signal(signal.SIGTERM)
         out = process.communicate(timeout=60)[0].decode()
+        print(out)  # the trainer's log, shown when this test fails
+    assert current in registry.versions(), out
     assert process.returncode == 0, out
     assert "retraining every 1s" in out
 

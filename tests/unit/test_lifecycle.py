@@ -8,6 +8,7 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from tests.helpers import write_distance_bundle
 from tests.unit.test_training import correlated
 from training.cli import main as train_main
 from training.cli import parse_duration
@@ -15,7 +16,15 @@ from training.data import Table
 from training.evaluate import average_precision, roc_auc
 from training.exceptions import TrainingError
 from training.fit import FitConfig, calibrate, train
-from training.promotion import GateConfig, gate, promote, prune, register, rollback
+from training.promotion import (
+    GateConfig,
+    alert_count_tails,
+    gate,
+    promote,
+    prune,
+    register,
+    rollback,
+)
 from worker.bundle import read_metadata
 from worker.exceptions import BundleError
 from worker.registry import Registry
@@ -176,12 +185,79 @@ def test_gate_accepts_a_good_candidate_and_rejects_bad_ones(tmp_path):
     assert registry.current() == first
     assert registry.status(bad)["state"] == "rejected" and registry.status(bad)["reasons"]
 
-    # Too lax a threshold: it hardly ever alerts, so it would miss anomalies.
-    lax = candidate(registry, correlated(3000, seed=5), target_alert_rate=0.0001)
-    result = gate(registry, lax, sample, GateConfig(min_expected_alerts=0.1))
-    assert not result.accepted
+    # Trained on noisier traffic: its threshold, meant for 1%, hardly ever fires on today's
+    # traffic, so it would miss anomalies.
+    lax = candidate(registry, correlated(3000, seed=5) * 3)
+    result = gate(registry, lax, sample, GateConfig())
+    assert not result.accepted and any("alert rate" in r for r in result.reasons)
+    assert result.measurements["alert_rate"] < 0.01 / 3
 
     assert any("too small" in r for r in gate(registry, good, sample[:200], GateConfig()).reasons)
+
+
+def test_alert_count_tails_match_a_threshold_set_on_a_finite_held_out_set():
+    # The real process: a threshold from `calibrate` on 960 held-out normal scores, then the
+    # alerts among 1,200 new normal rows. The threshold's own noise doubles the count's spread;
+    # a binomial that ignores it puts P(count <= 3) at 0.2% (and the gate rejected 1 good model
+    # in 30 on stationary traffic).
+    rng = np.random.default_rng(0)
+    held_out = rng.random((20_000, 960))
+    thresholds = np.quantile(held_out, 0.99, axis=1, method="weibull")
+    config = FitConfig(target_alert_rate=0.01)
+    assert thresholds[:3] == pytest.approx([calibrate(h, config)[0] for h in held_out[:3]])
+    counts = (rng.random((20_000, 1200)) > thresholds[:, None]).sum(axis=1)
+    for k in (1, 3, 6, 12, 20, 25):
+        fewer, more = alert_count_tails(k, 1200, 0.01, 960)
+        assert fewer == pytest.approx((counts <= k).mean(), abs=0.01), k
+        assert more == pytest.approx((counts >= k).mean(), abs=0.01), k
+    assert alert_count_tails(3, 1200, 0.01, 960)[0] > 0.01
+    assert alert_count_tails(0, 3000, 0.01, 960)[0] < 1e-5
+    assert alert_count_tails(0, 0, 0.01, 960) == (1.0, 1.0)
+
+
+def test_gate_rejects_an_alert_rate_off_by_more_than_chance_not_by_less(tmp_path):
+    registry = Registry.create(tmp_path / "registry")
+    registry.add("v1", lambda d: write_distance_bundle(d, threshold=4.0, calibration_rows=960))
+
+    def sample(rows, alerting):  # distance bundle: a row of 3s scores 9, a row of 0s scores 0
+        X = np.zeros((rows, 4), dtype=np.float32)
+        X[:alerting] = 3.0
+        return X
+
+    # 3 alerts in 1,200 rows (0.25%, below 1% / 3): a threshold set on 960 rows does that 2%
+    # of the time, so it is no evidence against the model.
+    result = gate(registry, "v1", sample(1200, 3), GateConfig())
+    assert result.accepted, result.reasons
+    assert result.measurements["alert_rate_chance"] == pytest.approx(0.0227, abs=0.001)
+    # None in 3,000 rows: 1 in a million.
+    result = gate(registry, "v1", sample(3000, 0), GateConfig())
+    assert not result.accepted
+    assert "0 of 3000 rows" in result.reasons[0] and "960 calibration rows" in result.reasons[0]
+    # 2% and 5% above: 5% is off by more than the factor of 3 and by far more than chance.
+    assert gate(registry, "v1", sample(3000, 60), GateConfig()).accepted
+    assert not gate(registry, "v1", sample(3000, 150), GateConfig()).accepted
+    # A stricter user can ask for the plain factor: any significance level up to 1.
+    assert not gate(registry, "v1", sample(1200, 3), GateConfig(rate_significance=0.5)).accepted
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("rate_significance", 0.0, "--rate-significance must be in (0, 1), got 0.0"),
+        ("max_rate_factor", 0.5, "--max-rate-factor must be >= 1, got 0.5"),
+        ("max_error_increase", -1.0, "--max-error-increase must be >= 0, got -1.0"),
+    ],
+)
+def test_gate_config_refuses_bad_values_in_one_line(field, value, message, tmp_path, capsys):
+    with pytest.raises(TrainingError) as error:
+        GateConfig(**{field: value})
+    assert str(error.value) == message
+    # The scheduler refuses at start (not once per period), before reading Kafka.
+    flag = "--" + field.replace("_", "-")
+    args = ["schedule", "--every", "1h", "--registry", str(tmp_path / "r"), flag, str(value)]
+    assert train_main([*args, "--bootstrap-servers", "127.0.0.1:9"]) == 2
+    assert capsys.readouterr().err == f"anomaly-train: {message}\n"
+    assert not (tmp_path / "r").exists()
 
 
 def test_gate_refuses_unloadable_and_incompatible_candidates(tmp_path):
