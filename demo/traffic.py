@@ -46,6 +46,12 @@ class TrafficGenerator:
         self.hosts = hosts
         self.hot_hosts = hot_hosts  # running hot during a drift episode
         self.counter = 0
+        self.day_start = 0.0  # the time (s) at which a simulated day begins
+
+    def start_day(self, at: float) -> None:
+        """Begin a simulated day at time ``at``: the daily cycle's phase then no longer
+        depends on the wall clock, and a run is reproducible."""
+        self.day_start = at
 
     def normal_rows(self, n: int, t0: float = 0.0, span_seconds: float | None = None) -> np.ndarray:
         span = self.day_seconds if span_seconds is None else span_seconds
@@ -54,7 +60,7 @@ class TrafficGenerator:
 
     def _rows(self, t: np.ndarray) -> np.ndarray:
         n = len(t)
-        phase = np.sin(2 * math.pi * t / self.day_seconds)
+        phase = np.sin(2 * math.pi * (t - self.day_start) / self.day_seconds)
         noise = self.rng.normal(size=(n, 6))
         requests = 500 + 300 * phase + 30 * noise[:, 0]
         cpu = 10 + 0.08 * requests + 2 * noise[:, 1]

@@ -35,11 +35,13 @@ def test_demo_trains_streams_and_reports(kafka_bootstrap, tmp_path):
     assert "registered and promoted" in out
     sent = int(re.search(r"records sent:\s+(\d+)", out).group(1))
     consumed = int(re.search(r"records consumed:\s+(\d+)", out).group(1))
-    assert sent > 5000 and consumed == sent
+    assert sent > 5000 and consumed == sent, out
     precision, recall = map(
         float, re.search(r"precision / recall:\s+([\d.]+) / ([\d.]+)", out).groups()
     )
-    assert recall >= 0.9 and precision >= 0.5
+    assert recall >= 0.9 and precision >= 0.5, out
+    read_back, produced = map(int, re.search(r"alerts:\s+(\d+) read back of (\d+)", out).groups())
+    assert read_back == produced > 0, out
     # The drift episode shows: the score's drift crosses the 0.25 band once it starts.
     found = re.search(r"score drift \(PSI\):\s+([\d.]+) at most before .*?, ([\d.]+) from", out)
     before, since = map(float, found.groups())
