@@ -2,12 +2,11 @@
 
 A candidate becomes current only if it loads (checksum, shapes), its features
 match the current model's, and on a recent sample of normal traffic (a) its
-alert rate is within a factor of its calibrated rate, unless the difference is within
-what chance explains (the threshold was set on a finite held-out set, the sample is
-finite), and (b) its reconstruction error is not worse than the current model's by more
-than a margin. Errors are
-compared in units both models share: squared error of their expected values,
-per feature, divided by the sample's own robust spread.
+alert rate is within a factor of its calibrated rate, or off by no more than chance
+explains (its threshold was set on a finite held-out set, the sample is finite), and
+(b) its reconstruction error is not worse than the current model's by more than a
+margin. Errors are compared in units both models share: squared error of their
+expected values, per feature, divided by the sample's own robust spread.
 """
 
 from __future__ import annotations
