@@ -12,6 +12,7 @@ expected values, per feature, divided by the sample's own robust spread.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,21 +195,18 @@ def alert_count_tails(
     a = max(rate * (m + 1), 0.5)
     b = max((1.0 - rate) * (m + 1), 0.5)
     k = torch.arange(rows + 1, dtype=torch.float64)
-    n = torch.tensor(float(rows), dtype=torch.float64)
-    log_pmf = (
-        torch.lgamma(n + 1)
+    log_pmf = (  # log C(rows, k) + log B(k + a, rows - k + b) - log B(a, b)
+        math.lgamma(rows + 1)
         - torch.lgamma(k + 1)
-        - torch.lgamma(n - k + 1)
-        + _log_beta(k + a, n - k + b)
-        - _log_beta(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64))
+        - torch.lgamma(rows - k + 1)
+        + torch.lgamma(k + a)
+        + torch.lgamma(rows - k + b)
+        - math.lgamma(rows + a + b)
+        - (math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))
     )
     fewer = float(torch.logsumexp(log_pmf[: alerts + 1], 0).exp())
     more = float(torch.logsumexp(log_pmf[alerts:], 0).exp())
     return min(fewer, 1.0), min(more, 1.0)
-
-
-def _log_beta(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
 
 
 def promote(
