@@ -11,12 +11,13 @@ Protocols (see ../shared/data/adbench/README.md): datasets over 10,000 rows are 
 
 and are scored on the 30%. PyOD detectors run with their defaults on MinMax-scaled features (the
 paper's preprocessing); ours gets raw features, exactly as a user would give them to
-``anomaly-train fit``, and is scored through ``worker.scoring.Scorer``; "autoencoder alone" is
-ours with ``score=reconstruction`` (what the combined score adds). Writes a CSV of every run
-and a Markdown report with means over seeds, fit times, the paper's published numbers, and our
-realised false-alarm rate on held-out normal rows against the configured target, and checks
-the quality targets (the "Targets" table). ``--detectors anomaly-worker --reuse docs/detection.csv``
-re-runs ours alone and takes the peers' rows from the last full run.
+``anomaly-train fit``, and is scored through ``worker.contract.scoring.Scorer``; "autoencoder
+alone" is ours with ``score=reconstruction`` (what the combined score adds). Writes a CSV of
+every run and a Markdown report with means over seeds, fit times, the paper's published
+numbers, and our realised false-alarm rate on held-out normal rows against the configured
+target, and checks the quality targets (the "Targets" table).
+``--detectors anomaly-worker --reuse docs/detection.csv`` re-runs ours alone and takes the
+peers' rows from the last full run.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from training.config import FitConfig  # noqa: E402
 from training.data import Table  # noqa: E402
 from training.evaluate import average_precision, roc_auc, score_table  # noqa: E402
-from training.fit import FitConfig, fit_bundle  # noqa: E402
+from training.fit import fit_bundle  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "adbench"
 MAX_ROWS = 10_000

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/output_compression.py [--alerts 50000] [--bootstrap-servers HOST:PORT]
 
-Builds real alerts (``worker.alerts.build_alerts``, 8 features, 3 top features) and produces
+Builds real alerts (``worker.core.alerts.build_alerts``, 8 features, 3 top features) and produces
 them with the worker's producer settings once per codec, on the same broker in one run:
 CPU seconds of this process per 10,000 alerts, wall time, and bytes on the wire (the size
 of the v2 record batches the producer's 256 KiB batching makes). The default
@@ -23,11 +23,11 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from demo.broker import LocalBroker
-from worker.alerts import AlertContext, build_alerts
-from worker.messages import Message
-from worker.records import Record
+from worker.contract.messages import Message
+from worker.contract.records import Record
+from worker.core.alerts import AlertContext, build_alerts
+from worker.kafka.kafka_python_producer import producer_config
 from worker.settings import WorkerSettings
-from worker.transport_kafka_python import producer_config
 
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 D = 8
@@ -50,7 +50,9 @@ def main() -> int:
             admin.create_topics([NewTopic(topic, 4, 1)])
             admin.close()
             settings = WorkerSettings(bootstrap_servers=bootstrap, output_compression=codec)
-            producer = KafkaProducer(**producer_config(settings))
+            producer = KafkaProducer(
+                **producer_config(settings.connection(), settings.producer_options())
+            )
             producer.send(topic, value=b"warm-up").get(timeout=30)
             cpu0, wall0 = time.process_time(), time.perf_counter()
             for key, value in alerts:

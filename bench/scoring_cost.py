@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.fit import FitConfig, train
+from training.config import FitConfig
+from training.fit import train
 
 BATCH = 5000
 

@@ -31,8 +31,9 @@ from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from demo.broker import LocalBroker, free_port, stop_process
+from training.config import FitConfig
 from training.data import Table
-from training.fit import FitConfig, fit_bundle
+from training.fit import fit_bundle
 
 D = 8
 SAMPLE_SECONDS = 10.0

@@ -3,6 +3,7 @@
     .venv/bin/python bench/throughput.py [--records 400000] [--loads 5000,20000,50000]
         [--load-seconds 20] [--clients kafka-python,confluent] [--device cpu|cuda]
         [--guarantees at_least_once,exactly_once] [--drift on,off] [--memory-rows 512,1024]
+        [--baseline ../other-checkout]
 
 On one broker and one pre-filled topic (N 8-feature JSON records, 1% anomalous):
 
@@ -11,7 +12,9 @@ On one broker and one pre-filled topic (N 8-feature JSON records, 1% anomalous):
 3. for each transport (and each processing guarantee and drift setting asked for: with
    ``--drift on,off`` every worker phase also runs with ``ANOMALY_DRIFT=false``, the
    bundle's drift reference unused; with ``--memory-rows 512,1024`` one bundle is fitted
-   per memory size of the neighbour term and each is run), a real ``anomaly-worker run``
+   per memory size of the neighbour term and each is run; with ``--baseline DIR`` the worker
+   of another checkout, run by its own ``.venv``, too: before/after a change in one run), a
+   real ``anomaly-worker run``
    process drains it (its consumed count is scraped from /metrics every 100 ms) until every
    offset is committed; then it serves fixed offered loads (records/s, 5% anomalous) while a
    ``read_committed`` reader measures event -> alert latency (the alert's receive time minus
@@ -48,10 +51,11 @@ from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from demo.broker import LocalBroker, free_port, stop_process
+from training.config import FitConfig
 from training.data import Table
-from training.fit import FitConfig, fit_bundle
+from training.fit import fit_bundle
+from worker.kafka.kafka_python import consumer_config
 from worker.settings import WorkerSettings
-from worker.transport_kafka_python import consumer_config
 
 D = 8
 
@@ -77,19 +81,40 @@ def main() -> int:
         help="the bundle's neighbour memory (anomaly-train fit --memory-rows); a list runs each",
     )
     parser.add_argument("--env", action="append", default=[], help="extra ANOMALY_X=Y for workers")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (with its .venv) whose worker runs beside this one's, each phase "
+        "after this one's: before/after a change measured in one run",
+    )
     args = parser.parse_args()
     loads = [float(x) for x in args.loads.split(",") if x]
     clients = [c for c in args.clients.split(",") if c]
     guarantees = [g for g in args.guarantees.split(",") if g]
     drifts = [d == "on" for d in args.drift.split(",") if d]
     memories = [int(m) for m in args.memory_rows.split(",") if m]
-    # (client, guarantee, drift, memory rows) and how their rows are named
-    runs = [(c, g, d, m) for c in clients for g in guarantees for d in drifts for m in memories]
+    checkouts: list[Path | None] = [None, args.baseline] if args.baseline else [None]
+    # (client, guarantee, drift, memory rows, checkout) and how their rows are named
+    runs = [
+        (c, g, d, m, k)
+        for c in clients
+        for g in guarantees
+        for d in drifts
+        for m in memories
+        for k in checkouts
+    ]
 
-    def named(client: str, guarantee: str, drift: bool = True, memory: int = 0) -> str:
+    def named(
+        client: str,
+        guarantee: str,
+        drift: bool = True,
+        memory: int = 0,
+        checkout: Path | None = None,
+    ) -> str:
         details = [guarantee] if len(guarantees) > 1 else []
         details += [] if len(drifts) == 1 else ["drift on" if drift else "drift off"]
         details += [f"memory {memory or memories[0]}"] if len(memories) > 1 else []
+        details += ["baseline"] if checkout is not None else []
         return f"worker on {client}" + (f" ({', '.join(details)})" if details else "")
 
     rows: list[tuple[str, float, float]] = []  # (what, steady records/s, CPU s per 1M)
@@ -134,9 +159,16 @@ def main() -> int:
         print(f"bare confluent-kafka: {rate:,.0f} records/s, {cpu:.1f} CPU s/1M", flush=True)
 
         def start_worker(
-            client: str, guarantee: str, drift: bool, memory: int, broker: str, input_topic: str
+            client: str,
+            guarantee: str,
+            drift: bool,
+            memory: int,
+            checkout: Path | None,
+            broker: str,
+            input_topic: str,
         ) -> tuple[Any, int, str]:
-            """A worker process on ``broker``: (process, metrics port, alert topic)."""
+            """A worker process on ``broker``: (process, metrics port, alert topic); the worker
+            of ``checkout`` (its own .venv) when given, else this one's."""
             suffix = uuid.uuid4().hex[:6]
             alerts, dlq = f"bench-alerts-{suffix}", f"bench-dlq-{suffix}"
             admin = KafkaAdminClient(bootstrap_servers=broker)
@@ -163,9 +195,11 @@ def main() -> int:
                 **dict(item.split("=", 1) for item in args.env),
             }
             log = (workdir / f"worker-{client}-{suffix}.log").open("wb")
+            python = sys.executable if checkout is None else str(checkout / ".venv/bin/python")
             process = subprocess.Popen(
-                [sys.executable, "-m", "worker", "run"],
+                [python, "-m", "worker", "run"],
                 env=env,
+                cwd=checkout,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -176,9 +210,11 @@ def main() -> int:
                 time.sleep(0.1)
             return process, port, alerts
 
-        for client, guarantee, drift, memory in runs:
-            name = named(client, guarantee, drift, memory)
-            worker, port, _ = start_worker(client, guarantee, drift, memory, bootstrap, topic)
+        for client, guarantee, drift, memory, checkout in runs:
+            name = named(client, guarantee, drift, memory, checkout)
+            worker, port, _ = start_worker(
+                client, guarantee, drift, memory, checkout, bootstrap, topic
+            )
             rate, cpu = worker_drain(port, args.records, worker.pid)
             rows.append((name, rate, cpu))
             print(f"{name}: {rate:,.0f} records/s, {cpu:.1f} CPU s/1M", flush=True)
@@ -197,7 +233,7 @@ def main() -> int:
                     admin.create_topics([NewTopic(load_topic, args.partitions, 1)])
                     admin.close()
                     worker, port, alerts = start_worker(
-                        client, guarantee, drift, memory, broker, load_topic
+                        client, guarantee, drift, memory, checkout, broker, load_topic
                     )
                     p50, p99, share, bare50, bare99 = offered_load(
                         broker, load_topic, alerts, load, args.load_seconds, worker.pid
@@ -226,11 +262,16 @@ def main() -> int:
     for what, rate, cpu in rows:
         print(f"| {what} | {rate:,.0f} | {cpu:.1f} |")
     by = {what: rate for what, rate, _ in rows}
-    for client, guarantee, drift, memory in runs:
+    for client, guarantee, drift, memory, checkout in runs:
         bare = "bare kafka-python" if client == "kafka-python" else "bare confluent-kafka"
-        name = named(client, guarantee, drift, memory)
+        name = named(client, guarantee, drift, memory, checkout)
         print(f"{name} / {bare}: {by[name] / by[bare]:.2f}")
-    for client, guarantee, drift, memory in runs if len(drifts) > 1 else ():
+        if checkout is not None:
+            this = named(client, guarantee, drift, memory)
+            print(f"{this} / {name}: {by[this] / by[name]:.2f}")
+    for client, guarantee, drift, memory, checkout in runs if len(drifts) > 1 else ():
+        if checkout is not None:
+            continue
         if drift:
             on, off = (
                 named(client, guarantee, True, memory),
@@ -312,7 +353,7 @@ def fill(
 
 def bare_kafka_python(settings: WorkerSettings, topic: str, n: int) -> tuple[float, float]:
     """A bare kafka-python drain with the worker's consumer settings, Python's default GC."""
-    consumer = KafkaConsumer(**consumer_config(settings))
+    consumer = KafkaConsumer(**consumer_config(settings.connection(), settings.consumer_options()))
     consumer.subscribe([topic])
     count, timeline = 0, []
     deadline = time.monotonic() + 300

@@ -36,10 +36,11 @@ from rich.table import Table as RichTable
 
 from demo.broker import LocalBroker, free_port, stop_process
 from demo.traffic import FEATURES, TrafficGenerator
-from training.fit import FitConfig
+from training.config import FitConfig
 from training.kafka_window import normal_traffic, read_window
 from training.promotion import GateConfig, promote, register
-from worker.registry import Registry
+from training.publish import WritableRegistry
+from worker.kafka.options import Connection
 
 console = Console()
 POSITIVE_KINDS = ("spike", "broken_correlation", "drift")
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         generator = TrafficGenerator(seed=1)
         say("streaming a first window of normal traffic (20,000 records, one simulated day) ...")
         first_window(bootstrap, topics["input"], generator)
-        registry = Registry.create(workdir / f"registry-{tag}")
+        registry = WritableRegistry.create(workdir / f"registry-{tag}")
         version = train_and_promote(
             bootstrap, topics["input"], f"demo-{tag}", registry, args.target_alert_rate
         )
@@ -160,10 +161,11 @@ def first_window(bootstrap: str, topic: str, generator: TrafficGenerator) -> Non
 
 
 def train_and_promote(
-    bootstrap: str, topic: str, group: str, registry: Registry, target: float
+    bootstrap: str, topic: str, group: str, registry: WritableRegistry, target: float
 ) -> str:
     started = time.perf_counter()
-    records = read_window({"bootstrap_servers": bootstrap}, topic, last=100_000)
+    connection = Connection("kafka-python", (bootstrap,), client_id="anomaly-demo")
+    records = read_window(connection, topic, last=100_000)
     # The worker's group starts after the training window: it serves the live traffic.
     ends: dict[TopicPartition, int] = {}
     for r in records:

@@ -17,18 +17,18 @@ from pathlib import Path
 from kafka import KafkaProducer
 
 from demo.traffic import FEATURES, TrafficGenerator
+from training.config import FitConfig
 from training.data import Table
-from training.fit import FitConfig
 from training.promotion import GateConfig, promote, register
-from worker.logs import configure_logging
-from worker.registry import Registry
+from training.publish import WritableRegistry
+from worker.observe.logs import configure_logging
 
 logger = logging.getLogger("demo.produce")
 
 
 def seed_registry(root: Path) -> str | None:
     """Register and promote a model of the synthetic traffic unless the registry has one."""
-    registry = Registry.create(root)
+    registry = WritableRegistry.create(root)
     if registry.current() is not None:
         logger.info("registry %s already serves %s", root, registry.current())
         return None

@@ -6,10 +6,13 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from worker.bundle import BundleMetadata, DriftReference, ThresholdCalibration, write_bundle
+from training.publish import WritableRegistry, write_bundle
+from training.reference import build_reference
+from worker.contract.bundle import BundleMetadata, DriftReference, ThresholdCalibration
 
 NAMES = ("cpu", "mem", "disk", "net")
 
@@ -54,9 +57,6 @@ def write_distance_bundle(
 
 def standard_normal_reference(rows: int = 20_000, seed: int = 0) -> DriftReference:
     """The drift reference of standard normal training traffic for the distance bundle."""
-    import numpy as np
-
-    from worker.drift import build_reference
 
     X = np.random.default_rng(seed).normal(size=(rows, len(NAMES)))
     return build_reference(X, (X[: rows // 5] ** 2).mean(axis=1))
@@ -64,3 +64,21 @@ def standard_normal_reference(rows: int = 20_000, seed: int = 0) -> DriftReferen
 
 def record(features: object, **fields: object) -> bytes:
     return json.dumps({"features": features, **fields}).encode()
+
+
+def registry_with(
+    tmp_path: Path, *versions: str, names: tuple[str, ...] = NAMES
+) -> WritableRegistry:
+    """A registry under ``tmp_path`` holding distance bundles named ``versions`` (none current)."""
+    registry = WritableRegistry.create(tmp_path / "registry")
+    for version in versions:
+        registry.add(version, lambda d, v=version: write_distance_bundle(d, names=names, version=v))
+    return registry
+
+
+def correlated(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` rows of 4 features, two of them sums of the other two, with a little noise."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n, 2))
+    X = np.column_stack([base[:, 0], base[:, 1], base[:, 0] + base[:, 1], base[:, 0] - base[:, 1]])
+    return (X + 0.05 * rng.normal(size=X.shape)).astype(np.float32)

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from training.exceptions import DataError
-from worker.records import FeatureSchema, decode_batch
+from worker.contract.decode import decode_batch
+from worker.contract.records import FeatureSchema
 
 __all__ = ["LABEL_COLUMNS", "Table", "load_table"]
 

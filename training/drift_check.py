@@ -1,9 +1,10 @@
 """Should retraining run? Drift of recent traffic from the current model's training traffic.
 
 ``anomaly-train retrain --if-drift`` measures the same statistic the worker exports
-(:mod:`worker.drift`: population stability index per feature and of the score), either on the
-Kafka window it reads anyway, against the current bundle's reference, or from running workers'
-``/metrics`` (``--drift-from``), and retrains only when it passes a threshold.
+(:mod:`worker.contract.drift`: population stability index per feature and of the score),
+either on the Kafka window it reads anyway, against the current bundle's reference, or
+from running workers' ``/metrics`` (``--drift-from``), and retrains only when it passes a
+threshold.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from training.exceptions import TrainingError
-from worker.bundle import DriftReference
-from worker.drift import DriftMonitor
+from worker.contract.bundle import DriftReference
+from worker.contract.drift import DriftMonitor
 
 __all__ = ["Drift", "drift_from_metrics", "drift_of_window"]
 

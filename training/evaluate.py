@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from training.data import Table
-from worker.registry import resolve_bundle
-from worker.scoring import Scorer
+from worker.contract.registry import resolve_bundle
+from worker.contract.scoring import Scorer
 
 __all__ = ["Evaluation", "average_precision", "evaluate", "roc_auc", "score_table"]
 
@@ -17,7 +17,7 @@ SCORE_BATCH = 8192
 
 
 def score_table(model: Path, table: Table, device: str = "cpu") -> tuple[np.ndarray, Scorer]:
-    """One score per row, in order, through :class:`worker.scoring.Scorer`."""
+    """One score per row, in order, through :class:`worker.contract.scoring.Scorer`."""
     scorer = Scorer.load(resolve_bundle(model)[0], device)
     X = table.columns_for(scorer.metadata.feature_names)
     scores = [scorer.score(X[i : i + SCORE_BATCH]).scores for i in range(0, len(X), SCORE_BATCH)]

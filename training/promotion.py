@@ -20,15 +20,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from training.config import FitConfig
 from training.data import Table
 from training.exceptions import TrainingError
-from training.fit import FitConfig, build_bundle
+from training.fit import build_bundle
 from training.model import robust_scaling
+from training.publish import WritableRegistry, write_bundle
 from training.report import write_report
-from worker.bundle import write_bundle
-from worker.exceptions import BundleError
-from worker.registry import Registry
-from worker.scoring import Scorer
+from worker.contract.exceptions import BundleError
+from worker.contract.registry import Registry
+from worker.contract.scoring import Scorer
 
 __all__ = [
     "GateConfig",
@@ -80,7 +81,7 @@ class GateResult:
 
 
 def register(
-    registry: Registry,
+    registry: WritableRegistry,
     table: Table,
     config: FitConfig,
     exclusions: dict[str, int] | None = None,
@@ -210,7 +211,7 @@ def alert_count_tails(
 
 
 def promote(
-    registry: Registry,
+    registry: WritableRegistry,
     version: str,
     sample: np.ndarray | None,
     config: GateConfig,
@@ -242,7 +243,7 @@ def promote(
     return result
 
 
-def rollback(registry: Registry) -> str:
+def rollback(registry: WritableRegistry) -> str:
     """Make the previously current version current again."""
     current = registry.current()
     available = set(registry.versions())
@@ -257,7 +258,7 @@ def rollback(registry: Registry) -> str:
     raise BundleError("no earlier current version to roll back to")
 
 
-def prune(registry: Registry, keep: int) -> list[str]:
+def prune(registry: WritableRegistry, keep: int) -> list[str]:
     """Remove all but the newest ``keep`` versions; never the current one or the rollback target."""
     if keep < 1:
         raise BundleError("keep must be at least 1")
@@ -273,7 +274,7 @@ def prune(registry: Registry, keep: int) -> list[str]:
     return removable
 
 
-def retain(registry: Registry, keep: int) -> list[str]:
+def retain(registry: WritableRegistry, keep: int) -> list[str]:
     """Automatic retention after a retraining cycle: what ``prune --keep`` does, and more.
 
     Rejected candidates are removed except the newest (its report says why it was

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.bundle import BundleMetadata
+from worker.contract.bundle import BundleMetadata
 
 __all__ = ["write_report"]
 

@@ -1,15 +1,17 @@
 """anomaly-worker: score a Kafka topic of feature records with a TorchScript autoencoder.
 
-The data flow, one module per step::
+Owns the worker: the data flow, one package per step::
 
-    settings -> consumer (transport) -> batching -> records (decode) -> scoring
-             -> threshold -> alerts / deadletters (produce) -> offsets (commit)
+    kafka (consume) -> core (batch) -> contract (decode, score) -> core (threshold,
+    alerts, dead letters) -> delivery (produce, commit) ; model (what scores, hot reload),
+    observe (metrics, health, logs) on the side
 
-``transport`` is the interface the pipeline sees; ``transport_kafka_python`` (the
-default) and ``transport_confluent`` (librdkafka) implement it.
+``pipeline`` runs the loop, ``app`` wires it (the composition root), ``settings`` reads
+``ANOMALY_*``, ``cli`` is ``anomaly-worker``.
 
-with ``metrics`` and ``health`` on the side and ``pipeline`` tying the steps
-together. ``bundle`` is the on-disk contract with ``training``.
+May import: nothing of ``training`` (the contract between them is the model bundle on disk,
+:mod:`worker.contract`). Which package may import which is written in each package's
+docstring and checked by ``tests/unit/test_import_rules.py``.
 """
 
 __all__ = ["__version__"]

@@ -2,7 +2,8 @@
 
 ``run_worker`` enters every resource through one ``ExitStack``; a stop request
 (SIGTERM/SIGINT in :mod:`worker.cli`) only sets an event, and the pipeline
-drains, flushes and commits before the clients close.
+drains, flushes and commits before the clients close. :func:`build_pipeline` wires
+the loop's collaborators and chooses the commit protocol, once.
 """
 
 from __future__ import annotations
@@ -10,39 +11,59 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
+from worker.contract.registry import resolve_bundle
+from worker.contract.scoring import Scorer, set_torch_threads
+from worker.core.batching import BatchWindow, MicroBatch
+from worker.core.threshold import Threshold
+from worker.delivery.checkpoint import AtLeastOnce, Committer
+from worker.delivery.outputs import DeliveryFailures, Outputs
+from worker.delivery.transactions import Transactional
+from worker.delivery.undecodable import UndecodableBatches
 from worker.exceptions import WorkerError
-from worker.health import HealthServer, HealthState
-from worker.metrics import WorkerMetrics
-from worker.pipeline import Pipeline, PipelineConfig
-from worker.registry import resolve_bundle
-from worker.reload import ModelWatcher
-from worker.scoring import Scorer, set_torch_threads
+from worker.kafka.clients import connect_with_backoff, driver
+from worker.kafka.link import BrokerLink
+from worker.kafka.ports import Consumer, Producer
+from worker.kafka.tls import check_tls
+from worker.model.reload import ModelWatcher
+from worker.model.served import DriftWindow, ServedModel
+from worker.observe.health import HealthServer, HealthState
+from worker.observe.metrics import WorkerMetrics
+from worker.pipeline import LoopConfig, Pipeline
 from worker.settings import WorkerSettings
-from worker.threshold import Threshold
-from worker.tls import check_tls
-from worker.transport import Consumer, Producer, connect_with_backoff
 
-__all__ = ["pipeline_config", "run_worker"]
+__all__ = ["PipelineConfig", "build_pipeline", "pipeline_config", "run_worker"]
 
 logger = logging.getLogger(__name__)
 
 
-def transport(
-    settings: WorkerSettings,
-) -> tuple[Callable[[WorkerSettings, float], Consumer], Callable[[WorkerSettings], Producer]]:
-    """The consumer and producer classes of ``ANOMALY_KAFKA_CLIENT``."""
-    if settings.kafka_client == "confluent":
-        from worker.transport_confluent import ConfluentConsumer, ConfluentProducer
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The settings the loop's collaborators are built from, under the settings' own names."""
 
-        return ConfluentConsumer, ConfluentProducer
-    from worker.transport_kafka_python import KafkaPythonConsumer, KafkaPythonProducer
-
-    return KafkaPythonConsumer, KafkaPythonProducer
+    input_topic: str
+    alert_topic: str
+    dlq_topic: str
+    batch_max_records: int
+    batch_max_wait_seconds: float
+    max_record_bytes: int
+    commit_interval_seconds: float
+    top_features: int
+    shutdown_timeout_seconds: float
+    on_undecodable_batch: str = "fail"
+    connect_backoff_max_seconds: float = 10.0
+    session_timeout_seconds: float = 10.0
+    processing_guarantee: str = "at_least_once"
+    delivery_timeout_seconds: float = 120.0
+    drift: bool = True
+    drift_window_records: int = 10_000
+    drift_window_seconds: float = 300.0
 
 
 def pipeline_config(settings: WorkerSettings) -> PipelineConfig:
@@ -55,15 +76,72 @@ def pipeline_config(settings: WorkerSettings) -> PipelineConfig:
         max_record_bytes=settings.max_record_bytes,
         commit_interval_seconds=settings.commit_interval_seconds,
         top_features=settings.top_features,
-        flush_timeout_seconds=settings.shutdown_timeout_seconds,
+        shutdown_timeout_seconds=settings.shutdown_timeout_seconds,
         on_undecodable_batch=settings.on_undecodable_batch,
-        backoff_max_seconds=settings.connect_backoff_max_seconds,
-        link_stale_seconds=settings.session_timeout_seconds,
-        exactly_once=settings.exactly_once,
+        connect_backoff_max_seconds=settings.connect_backoff_max_seconds,
+        session_timeout_seconds=settings.session_timeout_seconds,
+        processing_guarantee=settings.processing_guarantee,
         delivery_timeout_seconds=settings.effective_delivery_timeout_seconds,
         drift=settings.drift,
         drift_window_records=settings.drift_window_records,
         drift_window_seconds=settings.drift_window_seconds,
+    )
+
+
+def build_pipeline(
+    config: PipelineConfig,
+    consumer: Consumer,
+    producer: Producer,
+    scorer: Scorer,
+    threshold: Threshold,
+    metrics: WorkerMetrics,
+    health: HealthState,
+    watcher: ModelWatcher | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Pipeline:
+    """The loop and its collaborators; the processing guarantee is chosen here and only here."""
+    link = BrokerLink(
+        health, config.connect_backoff_max_seconds, config.session_timeout_seconds, clock
+    )
+    failures = DeliveryFailures(clock)
+    shared = (consumer, producer, failures, link, metrics, config.shutdown_timeout_seconds, clock)
+    committer: Committer
+    if config.processing_guarantee == "exactly_once":
+        committer = Transactional(*shared, delivery_timeout_seconds=config.delivery_timeout_seconds)
+    else:
+        committer = AtLeastOnce(*shared)
+    outputs = Outputs(
+        producer,
+        committer,
+        failures,
+        metrics,
+        config.alert_topic,
+        config.dlq_topic,
+        config.max_record_bytes,
+        clock,
+    )
+    drift = (
+        DriftWindow(config.drift_window_records, config.drift_window_seconds)
+        if config.drift
+        else None
+    )
+    return Pipeline(
+        LoopConfig(
+            config.input_topic,
+            config.max_record_bytes,
+            config.commit_interval_seconds,
+            config.top_features,
+        ),
+        consumer,
+        MicroBatch(BatchWindow(config.batch_max_records, config.batch_max_wait_seconds, clock)),
+        ServedModel(scorer, threshold, metrics, drift, watcher),
+        outputs,
+        committer,
+        link,
+        UndecodableBatches(consumer, config.input_topic, config.on_undecodable_batch),
+        metrics,
+        health,
+        clock,
     )
 
 
@@ -117,26 +195,35 @@ def run_worker(
             )
         else:
             threshold = Threshold(meta.threshold)
-        metrics.set_model(meta.version, threshold.value, meta.calibration.expected_alert_rate)
 
         health.set_ready(False, "connecting to Kafka")
-        consumer_class, producer_class = transport(settings)
-        check_tls(settings)
+        connection = settings.connection()
+        consumer_class, producer_class = driver(connection.client)
+        check_tls(connection)
         backoff = settings.connect_backoff_max_seconds
         # Closing order (the stack unwinds last-in first-out): the consumer closes
         # before the producer, so its close-time rebalance listener never meets a
         # closed producer.
+        producer_options = settings.producer_options()
         producer = connect_with_backoff(
-            lambda: producer_class(settings), stop, "producer", backoff, health.beat
+            lambda: producer_class(connection, producer_options),
+            stop,
+            "producer",
+            backoff,
+            health.beat,
         )
         if producer is None:
             return
         stack.callback(producer.close, settings.shutdown_timeout_seconds)
         for topic in (settings.alert_topic, settings.dlq_topic):
             producer.check_topic(topic)
-        commit_timeout = settings.shutdown_timeout_seconds
+        consumer_options = settings.consumer_options()
         consumer = connect_with_backoff(
-            lambda: consumer_class(settings, commit_timeout), stop, "consumer", backoff, health.beat
+            lambda: consumer_class(connection, consumer_options),
+            stop,
+            "consumer",
+            backoff,
+            health.beat,
         )
         if consumer is None:
             return
@@ -147,8 +234,8 @@ def run_worker(
             settings.kafka_client,
             settings.input_topic,
             settings.group_id,
-            f"exactly_once, transactional id {settings.effective_transactional_id}"
-            if settings.exactly_once
+            f"exactly_once, transactional id {producer_options.transactional_id}"
+            if producer_options.transactional_id is not None
             else "at_least_once",
         )
         watcher = None
@@ -165,7 +252,7 @@ def run_worker(
             stack.callback(watcher.stop)
             logger.info("watching registry %s for new models", settings.model_path)
         health.set_ready(False, "joining consumer group")
-        pipeline = Pipeline(
+        pipeline = build_pipeline(
             pipeline_config(settings),
             consumer,
             producer,
@@ -175,8 +262,9 @@ def run_worker(
             health,
             watcher=watcher,
         )
+        model = pipeline.model
         metrics.track_drift(
-            lambda: (pipeline.drift, pipeline.schema.names), settings.drift_feature_labels
+            lambda: (model.drift, model.schema.names), settings.drift_feature_labels
         )
         pipeline.subscribe()
         tune_garbage_collector()

@@ -13,8 +13,10 @@ from types import FrameType
 from pydantic import ValidationError
 
 from worker.app import run_worker
-from worker.exceptions import BundleError, OutputTopicError, TlsError, UndecodableBatchError
-from worker.logs import configure_logging
+from worker.contract.exceptions import BundleError
+from worker.delivery.exceptions import UndecodableBatchError
+from worker.kafka.ports import OutputTopicError, TlsError
+from worker.observe.logs import configure_logging
 from worker.settings import WorkerSettings, describe_validation_error, settings_table
 
 logger = logging.getLogger("worker")
@@ -47,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
 
     if args.command == "check":
-        from worker.registry import resolve_bundle
-        from worker.scoring import Scorer
+        from worker.contract.registry import resolve_bundle
+        from worker.contract.scoring import Scorer
 
         try:
             scorer = Scorer.load(resolve_bundle(settings.model_path)[0], settings.device)

@@ -1,26 +1,26 @@
 """Worker settings: every field from an ``ANOMALY_*`` environment variable or ``.env``.
 
-Components receive the settings they need through their constructors; nothing
-else in the package reads ``os.environ``.
+The Kafka slice (cluster, client, topics, security) is
+:class:`~worker.kafka.settings.KafkaSettings`, which ``anomaly-train`` reads too;
+:class:`WorkerSettings` adds the rest. Components receive the slice they use
+(``connection()``, :meth:`WorkerSettings.consumer_options`, ...) through their
+constructors; nothing else in the package reads ``os.environ``. The README's settings
+table is generated from these fields (``anomaly-worker settings``).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
 
-ENV_PREFIX = "ANOMALY_"
+from worker.kafka.options import ConsumerOptions, ProducerOptions
+from worker.kafka.settings import ENV_PREFIX, KafkaSettings, describe_validation_error
 
-DEFAULT_BOOTSTRAP_SERVERS = "localhost:9092"
-DEFAULT_INPUT_TOPIC = "features"
-DEFAULT_ALERT_TOPIC = "anomalies"
-DEFAULT_DLQ_TOPIC = "features.dlq"
-DEFAULT_GROUP_ID = "anomaly-worker"
+__all__ = ["WorkerSettings", "describe_validation_error", "settings_table"]
+
 DEFAULT_MODEL_PATH = Path("model")
 DEFAULT_METRICS_PORT = 9108
 DEFAULT_BATCH_MAX_RECORDS = 5000
@@ -38,35 +38,14 @@ DEFAULT_DRIFT_WINDOW_SECONDS = 300.0
 DEFAULT_DRIFT_FEATURE_LABELS = 50
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(KafkaSettings):
     """Settings of ``anomaly-worker run``.
 
     Each field reads ``ANOMALY_<FIELD NAME IN CAPITALS>``; a ``.env`` file in the
     working directory is read too (the environment wins).
     """
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_file=".env",
-        env_file_encoding="utf-8",
-        extra="ignore",
-        validate_default=True,
-        use_attribute_docstrings=True,
-    )
-
-    # --- Kafka ---------------------------------------------------------------
-    kafka_client: Literal["kafka-python", "confluent"] = "kafka-python"
-    """`kafka-python` (pure Python) or `confluent` (librdkafka: the `[confluent]` extra, faster)."""
-    bootstrap_servers: str = Field(DEFAULT_BOOTSTRAP_SERVERS, min_length=1)
-    """Comma-separated ``host:port`` list of Kafka brokers."""
-    input_topic: str = Field(DEFAULT_INPUT_TOPIC, min_length=1)
-    """Topic of feature records to score."""
-    alert_topic: str = Field(DEFAULT_ALERT_TOPIC, min_length=1)
-    """Topic the alerts are written to."""
-    dlq_topic: str = Field(DEFAULT_DLQ_TOPIC, min_length=1)
-    """Dead-letter topic: every record that cannot be scored, unchanged, with error headers."""
-    group_id: str = Field(DEFAULT_GROUP_ID, min_length=1)
-    """Consumer group; workers sharing it share the input partitions."""
+    # --- the consumer and the producer ---------------------------------------
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     """Where a group with no committed offset starts reading."""
     session_timeout_seconds: float = Field(10.0, ge=6.0, le=300.0)
@@ -97,22 +76,6 @@ class WorkerSettings(BaseSettings):
         DEFAULT_TRANSACTION_TIMEOUT_SECONDS, ge=1.0, le=900.0
     )
     """exactly_once: the broker aborts a transaction open this long (a crashed worker's)."""
-
-    # --- security --------------------------------------------------------------
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    """Kafka security protocol."""
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    """SASL mechanism, required with SASL_PLAINTEXT or SASL_SSL."""
-    sasl_username: str | None = None
-    """SASL user name."""
-    sasl_password: SecretStr | None = None
-    """SASL password (never logged)."""
-    ssl_cafile: Path | None = None
-    """CA bundle (PEM) to verify the brokers' certificates."""
-    ssl_certfile: Path | None = None
-    """Client certificate (PEM) for mutual TLS."""
-    ssl_keyfile: Path | None = None
-    """Client private key (PEM) for mutual TLS."""
 
     # --- model and scoring ---------------------------------------------------------
     model_path: Path = DEFAULT_MODEL_PATH
@@ -149,8 +112,6 @@ class WorkerSettings(BaseSettings):
     """Offsets are committed (after every alert is acknowledged) at this interval."""
     shutdown_timeout_seconds: float = Field(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS, gt=0.0, le=600.0)
     """On SIGTERM the worker finishes its batch, flushes and commits within this bound."""
-    connect_backoff_max_seconds: float = Field(10.0, gt=0.0, le=300.0)
-    """Longest pause between attempts to reach an unreachable broker (at start and after a cut)."""
 
     # --- observability -------------------------------------------------------------
     metrics_host: str = "0.0.0.0"
@@ -167,24 +128,8 @@ class WorkerSettings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
-    @classmethod
-    def _file_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"no such file: {value}")
-        return value
-
     @model_validator(mode="after")
     def _consistent(self) -> WorkerSettings:
-        if self.security_protocol.startswith("SASL"):
-            missing = [
-                name
-                for name in ("sasl_mechanism", "sasl_username", "sasl_password")
-                if getattr(self, name) is None
-            ]
-            if missing:
-                names = ", ".join(ENV_PREFIX + n.upper() for n in missing)
-                raise ValueError(f"{self.security_protocol} needs {names}")
         if self.heartbeat_interval_seconds * 3 > self.session_timeout_seconds:
             raise ValueError(
                 f"{ENV_PREFIX}HEARTBEAT_INTERVAL_SECONDS must be at most a third of "
@@ -196,18 +141,8 @@ class WorkerSettings(BaseSettings):
                 f"{OUTPUT_HEADROOM_BYTES} below {ENV_PREFIX}MAX_REQUEST_BYTES "
                 f"({self.max_request_bytes}), so that a dead letter always fits a produce request"
             )
-        if self.kafka_client == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
-            raise ValueError(
-                f"{ENV_PREFIX}KAFKA_CLIENT=confluent needs confluent-kafka: "
-                "pip install 'anomaly-worker[confluent]'"
-            )
         if self.processing_guarantee == "exactly_once":
             self._check_transactions()
-        if len({self.input_topic, self.alert_topic, self.dlq_topic}) < 3:
-            raise ValueError(
-                f"{ENV_PREFIX}INPUT_TOPIC, {ENV_PREFIX}ALERT_TOPIC and {ENV_PREFIX}DLQ_TOPIC "
-                "must be three different topics"
-            )
         return self
 
     def _check_transactions(self) -> None:
@@ -255,21 +190,27 @@ class WorkerSettings(BaseSettings):
             return min(self.delivery_timeout_seconds, self.transaction_timeout_seconds)
         return self.delivery_timeout_seconds
 
+    def consumer_options(self) -> ConsumerOptions:
+        return ConsumerOptions(
+            group_id=self.group_id,
+            auto_offset_reset=self.auto_offset_reset,
+            isolation_level=self.isolation_level,
+            session_timeout_seconds=self.session_timeout_seconds,
+            heartbeat_interval_seconds=self.heartbeat_interval_seconds,
+            fetch_max_wait_seconds=self.fetch_max_wait_seconds,
+            batch_max_records=self.batch_max_records,
+            shutdown_timeout_seconds=self.shutdown_timeout_seconds,
+        )
 
-def describe_validation_error(error: ValidationError) -> str:
-    """One line naming each offending environment variable, its problem and its value."""
-    parts = []
-    for item in error.errors():
-        loc = [str(p) for p in item.get("loc", ()) if p != "__root__"]
-        message = item.get("msg", "invalid").removeprefix("Value error, ")
-        if loc:
-            name = ENV_PREFIX + loc[0].upper()
-            value = item.get("input")
-            shown = "" if isinstance(value, dict) or "password" in loc[0] else f" (got {value!r})"
-            parts.append(f"{name}: {message}{shown}")
-        else:
-            parts.append(message)
-    return "invalid settings: " + "; ".join(parts)
+    def producer_options(self) -> ProducerOptions:
+        return ProducerOptions(
+            linger_seconds=self.linger_seconds,
+            output_compression=self.output_compression,
+            max_request_bytes=self.max_request_bytes,
+            delivery_timeout_seconds=self.effective_delivery_timeout_seconds,
+            transactional_id=self.effective_transactional_id if self.exactly_once else None,
+            transaction_timeout_seconds=self.transaction_timeout_seconds,
+        )
 
 
 def settings_table() -> str:

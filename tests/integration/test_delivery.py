@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from tests.helpers import record
 from tests.integration.conftest import CLIENTS
 from tests.integration.kafka_helpers import (
     committed,
@@ -14,30 +13,12 @@ from tests.integration.kafka_helpers import (
     wait_committed,
     wait_for,
 )
+from tests.integration.traffic import alerted_ids, backlog
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.parametrize("kafka_client", CLIENTS, indirect=True),
 ]
-
-
-def backlog(n, every=50, prefix="r"):
-    """``n`` records, every ``every``-th an anomaly; returns the values and the anomalous ids."""
-    values, anomalies = [], set()
-    for i in range(n):
-        rid = f"{prefix}{i}"
-        if i % every == 0:
-            values.append(record([5, 5, 5, 5], id=rid))
-            anomalies.add(rid)
-        else:
-            values.append(record([0.5, -0.5, 0.25, 0.0], id=rid))
-    return values, anomalies
-
-
-def alerted_ids(bootstrap, topic, expect, timeout_seconds=30.0):
-    return [
-        json.loads(r.value)["id"] for r in read_topic(bootstrap, topic, expect, timeout_seconds)
-    ]
 
 
 def test_sigterm_drains_commits_and_exits_zero(kafka_bootstrap, topics, start_worker):

@@ -31,7 +31,7 @@ from tests.integration.kafka_helpers import (
     wait_committed,
     wait_for,
 )
-from tests.integration.test_chaos import FULL, Traffic, settled
+from tests.integration.traffic import FULL, Traffic, settled
 
 pytestmark = [
     pytest.mark.integration,

@@ -24,7 +24,7 @@ from tests.integration.kafka_helpers import (
     wait_for,
 )
 from tests.integration.tcp_proxy import TcpProxy
-from tests.integration.test_delivery import alerted_ids, backlog
+from tests.integration.traffic import alerted_ids, backlog
 
 pytestmark = [
     pytest.mark.integration,

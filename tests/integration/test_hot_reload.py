@@ -10,8 +10,8 @@ import pytest
 from tests.helpers import record, write_distance_bundle
 from tests.integration.conftest import CLIENTS
 from tests.integration.kafka_helpers import produce, read_topic, wait_committed, wait_for
-from worker.bundle import MODEL_FILE
-from worker.registry import Registry
+from training.publish import WritableRegistry
+from worker.contract.bundle import MODEL_FILE
 
 pytestmark = [
     pytest.mark.integration,
@@ -22,7 +22,7 @@ pytestmark = [
 def test_switches_v1_to_v2_mid_stream_and_refuses_a_corrupt_candidate(
     kafka_bootstrap, topics, start_worker, tmp_path
 ):
-    registry = Registry.create(tmp_path / "registry")
+    registry = WritableRegistry.create(tmp_path / "registry")
     for version in ("v1", "v2", "v3-corrupt"):
         # threshold 0.5 and features [1, 1, 1, 1] (score 1): every record alerts, so every
         # record's alert says which model scored it.

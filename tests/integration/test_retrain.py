@@ -6,9 +6,10 @@ import random
 import pytest
 
 from tests.helpers import NAMES, record, standard_normal_reference, write_distance_bundle
+from tests.integration.conftest import CLIENTS
 from tests.integration.kafka_helpers import produce
 from training.cli import main as train_main
-from worker.registry import Registry
+from training.publish import WritableRegistry
 
 pytestmark = pytest.mark.integration
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.integration
 def test_retrain_excludes_flagged_traffic_registers_and_promotes(
     kafka_bootstrap, topics, tmp_path, capsys
 ):
-    registry = Registry.create(tmp_path / "registry")
+    registry = WritableRegistry.create(tmp_path / "registry")
     registry.add("v1", lambda d: write_distance_bundle(d, threshold=4.0, version="v1"))
     registry.set_current("v1", "initial")
 
@@ -106,7 +107,7 @@ def test_schedule_retrains_every_period_and_stops_on_sigterm(kafka_bootstrap, to
         topics.input,
         [record([rng.uniform(-1, 1) for _ in NAMES]) for _ in range(6000)],
     )
-    registry = Registry.create(tmp_path / "registry")
+    registry = WritableRegistry.create(tmp_path / "registry")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANOMALY_")}
     env.update(
         ANOMALY_BOOTSTRAP_SERVERS=kafka_bootstrap,
@@ -153,7 +154,7 @@ def test_retrain_if_drift_does_nothing_on_stable_traffic_and_retrains_on_shifted
 ):
     import numpy as np
 
-    registry = Registry.create(tmp_path / "registry")
+    registry = WritableRegistry.create(tmp_path / "registry")
     reference = standard_normal_reference()
     registry.add("v1", lambda d: write_distance_bundle(d, threshold=8.0, drift_reference=reference))
     registry.set_current("v1", "initial")
@@ -185,3 +186,50 @@ def test_retrain_if_drift_does_nothing_on_stable_traffic_and_retrains_on_shifted
     trigger = report["trigger"]
     assert trigger["threshold"] == 0.25 and trigger["drift"]["feature"] == "mem"
     assert trigger["drift"]["feature_psi"] > 0.25 and trigger["drift"]["records"] == 2_000
+
+
+@pytest.mark.parametrize("kafka_client", CLIENTS, indirect=True)
+def test_the_training_window_is_read_with_the_workers_client(
+    kafka_bootstrap, topics, kafka_client, monkeypatch
+):
+    """ANOMALY_KAFKA_CLIENT picks the client the window is read with; both read the same
+    records: each partition's last N below the high-water mark, then those since a time."""
+    import time
+
+    from training.commands import kafka_settings, window_config
+    from training.kafka_window import read_window
+
+    for partition in range(3):
+        early = [record([i, 0, 0, 0], id=f"early{partition}-{i}") for i in range(100)]
+        produce(kafka_bootstrap, topics.input, early, partition=partition)
+    time.sleep(1.5)
+    since = time.time() - 0.5
+    ends = {}
+    for partition in range(3):
+        late = [record([i, 1, 1, 1], id=f"late{partition}-{i}") for i in range(30)]
+        ends.update(produce(kafka_bootstrap, topics.input, late, partition=partition))
+    monkeypatch.setenv("ANOMALY_KAFKA_CLIENT", kafka_client)
+    monkeypatch.setenv("ANOMALY_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("ANOMALY_INPUT_TOPIC", topics.input)
+    args = train_parser_args(["--last", "50", "--read-timeout", "60"])
+    kafka = kafka_settings(args)
+    assert kafka.connection().client == kafka_client
+    window = window_config(args)
+    records = read_window(kafka.connection(), kafka.input_topic, window.last, None, 60)
+    assert len(records) == 50 * 3  # the last 50 of each of the 3 partitions
+    by_partition: dict[int, list[int]] = {}
+    for r in records:
+        by_partition.setdefault(r.partition, []).append(r.offset)
+    for partition, offsets in by_partition.items():
+        assert offsets == list(range(ends[partition] - 50, ends[partition]))
+    recent = read_window(kafka.connection(), kafka.input_topic, None, since, 60)
+    assert sorted(json.loads(r.value)["id"] for r in recent) == sorted(
+        f"late{p}-{i}" for p in range(3) for i in range(30)
+    )
+
+
+def train_parser_args(extra):
+    """``anomaly-train retrain``'s parsed arguments (the parser alone, nothing run)."""
+    from training.cli import build_parser
+
+    return build_parser().parse_args(["retrain", "--registry", "unused", *extra])

@@ -57,7 +57,7 @@ def test_compose_wires_kafka_worker_trainer_prometheus_grafana():
 
 
 def test_a_rejected_candidate_does_not_make_kubernetes_retrain_again():
-    from training.cli import EXIT_REJECTED
+    from training.commands import EXIT_REJECTED
 
     cronjob = next(
         d for d in load_all("deploy/kubernetes/retrain-cronjob.yaml") if d["kind"] == "CronJob"

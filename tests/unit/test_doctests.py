@@ -6,15 +6,16 @@ import importlib
 import pytest
 
 MODULES = [
-    "training.cli",
-    "worker.alerts",
-    "worker.batching",
-    "worker.deadletters",
-    "worker.drift",
-    "worker.logs",
-    "worker.offsets",
-    "worker.records",
-    "worker.threshold",
+    "training.commands",
+    "training.reference",
+    "worker.contract.drift",
+    "worker.contract.records",
+    "worker.core.alerts",
+    "worker.core.batching",
+    "worker.core.deadletters",
+    "worker.core.offsets",
+    "worker.core.threshold",
+    "worker.observe.logs",
 ]
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tests.helpers import write_distance_bundle
-from worker.scoring import Scorer
+from worker.contract.scoring import Scorer
 
 pytestmark = [
     pytest.mark.gpu,
@@ -32,8 +32,9 @@ def test_auto_picks_cuda(tmp_path):
 def test_default_trained_bundle_scores_the_same_on_cuda(tmp_path):
     # The combined score (autoencoder + memory of normal rows + tail table) on the device the worker
     # picks: the same scores and the same alert decisions as on the CPU.
+    from training.config import FitConfig
     from training.data import Table
-    from training.fit import FitConfig, fit_bundle
+    from training.fit import fit_bundle
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(5000, 6)).astype(np.float32)

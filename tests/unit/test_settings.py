@@ -172,6 +172,11 @@ def test_cli_refuses_a_missing_model_before_connecting(tmp_path):
 SECRET = "hunter2-s3cr3t"
 
 
+def kafka_producer(settings):
+    """The producer's slices of ``settings``: what a driver's producer is built from."""
+    return settings.connection(), settings.producer_options()
+
+
 def sasl_env(monkeypatch, mechanism="SCRAM-SHA-512"):
     for key, value in {
         "ANOMALY_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
@@ -184,11 +189,15 @@ def sasl_env(monkeypatch, mechanism="SCRAM-SHA-512"):
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
 def test_settings_map_to_the_kafka_client_options(monkeypatch, mechanism):
-    from worker.transport_kafka_python import consumer_config, producer_config
+    from worker.kafka.kafka_python import consumer_config
+    from worker.kafka.kafka_python_producer import producer_config
 
     sasl_env(monkeypatch, mechanism)
     settings = WorkerSettings()
-    consumer, producer = consumer_config(settings), producer_config(settings)
+    consumer, producer = (
+        consumer_config(settings.connection(), settings.consumer_options()),
+        producer_config(*kafka_producer(settings)),
+    )
     for config in (consumer, producer):
         assert config["security_protocol"] == "SASL_PLAINTEXT"
         assert config["sasl_mechanism"] == mechanism
@@ -201,14 +210,14 @@ def test_settings_map_to_the_kafka_client_options(monkeypatch, mechanism):
     assert producer["max_request_size"] == 1_048_576
     assert producer["delivery_timeout_ms"] == 120_000 and producer["request_timeout_ms"] == 30_000
     monkeypatch.setenv("ANOMALY_DELIVERY_TIMEOUT_SECONDS", "5")
-    short = producer_config(WorkerSettings())
+    short = producer_config(*kafka_producer(WorkerSettings()))
     assert short["delivery_timeout_ms"] > short["linger_ms"] + short["request_timeout_ms"]
     monkeypatch.setenv("ANOMALY_OUTPUT_COMPRESSION", "none")
-    assert producer_config(WorkerSettings())["compression_type"] is None
+    assert producer_config(*kafka_producer(WorkerSettings()))["compression_type"] is None
     assert "transactional_id" not in producer
     monkeypatch.setenv("ANOMALY_PROCESSING_GUARANTEE", "exactly_once")
     monkeypatch.setenv("ANOMALY_TRANSACTIONAL_ID", "fraud-0")
-    transactional = producer_config(WorkerSettings())
+    transactional = producer_config(*kafka_producer(WorkerSettings()))
     assert transactional["transactional_id"] == "fraud-0"
     assert transactional["transaction_timeout_ms"] == 60_000
     assert transactional["enable_idempotence"] is True and transactional["acks"] == "all"
@@ -219,7 +228,8 @@ def test_settings_map_to_librdkafka_properties_it_accepts(monkeypatch, tmp_path,
     """librdkafka refuses an unknown property or a bad value when a client is created."""
     import confluent_kafka
 
-    from worker.transport_confluent import consumer_config, producer_config
+    from worker.kafka.confluent import consumer_config
+    from worker.kafka.confluent_producer import producer_config
 
     sasl_env(monkeypatch, mechanism)
     monkeypatch.setenv("ANOMALY_SECURITY_PROTOCOL", "SASL_SSL")
@@ -228,7 +238,10 @@ def test_settings_map_to_librdkafka_properties_it_accepts(monkeypatch, tmp_path,
     monkeypatch.setenv("ANOMALY_SSL_CAFILE", str(ca))
     monkeypatch.setenv("ANOMALY_OUTPUT_COMPRESSION", "zstd")
     settings = WorkerSettings()
-    consumer, producer = consumer_config(settings), producer_config(settings)
+    consumer, producer = (
+        consumer_config(settings.connection(), settings.consumer_options()),
+        producer_config(*kafka_producer(settings)),
+    )
     for config in (consumer, producer):
         assert config["security.protocol"] == "sasl_ssl"
         assert config["sasl.mechanism"] == mechanism and config["sasl.password"] == SECRET
@@ -240,10 +253,14 @@ def test_settings_map_to_librdkafka_properties_it_accepts(monkeypatch, tmp_path,
     monkeypatch.setenv("ANOMALY_SECURITY_PROTOCOL", "PLAINTEXT")
     monkeypatch.delenv("ANOMALY_SSL_CAFILE")
     settings = WorkerSettings(bootstrap_servers="127.0.0.1:1")
-    confluent_kafka.Producer(producer_config(settings)).flush(0)
-    confluent_kafka.Consumer(consumer_config(settings)).close()
+    confluent_kafka.Producer(producer_config(*kafka_producer(settings))).flush(0)
+    confluent_kafka.Consumer(
+        consumer_config(settings.connection(), settings.consumer_options())
+    ).close()
     monkeypatch.setenv("ANOMALY_PROCESSING_GUARANTEE", "exactly_once")
-    transactional = producer_config(WorkerSettings(bootstrap_servers="127.0.0.1:1"))
+    transactional = producer_config(
+        *kafka_producer(WorkerSettings(bootstrap_servers="127.0.0.1:1"))
+    )
     assert (
         transactional["transactional.id"]
         == settings.group_id + "-" + __import__("socket").gethostname()

@@ -1,0 +1,181 @@
+"""The at-least-once commit protocol with scripted clients: outputs acknowledged before
+offsets are committed."""
+
+import json
+import threading
+
+import pytest
+
+from tests.fakes import FlakyConsumer, chunk, make_pipeline, messages, run_once
+from tests.helpers import record
+from worker.delivery.exceptions import DeliveryError
+from worker.kafka.ports import TransientError, TransportError
+
+
+def test_scores_alerts_dead_letters_then_flushes_before_committing(tmp_path):
+    batch = chunk(
+        messages(0, [record([0, 0, 0, 0]), record([5, 5, 5, 5], id="x")]),
+        messages(1, [b"garbage"], start=7),
+    )
+    pipeline, consumer, producer, log = make_pipeline(tmp_path, [batch])
+    run_once(pipeline)
+
+    topics = [s[0] for s in producer.sent]
+    assert sorted(topics) == ["alerts", "dlq"]
+    alert = json.loads(next(s for s in producer.sent if s[0] == "alerts")[2])
+    assert alert["id"] == "x" and alert["source"] == {"topic": "in", "partition": 0, "offset": 1}
+    dead = next(s for s in producer.sent if s[0] == "dlq")
+    assert dead[2] == b"garbage" and dict(dead[3])["error.reason"] == b"invalid_json"
+
+    assert log == ["flush", "commit"]
+    assert consumer.commits == [{("in", 0): 2, ("in", 1): 8}]
+    registry = pipeline.metrics.registry
+    assert registry.get_sample_value("anomaly_records_consumed_total") == 3
+    assert (
+        registry.get_sample_value("anomaly_records_invalid_total", {"reason": "invalid_json"}) == 1
+    )
+    assert registry.get_sample_value("anomaly_alerts_total") == 1
+    assert registry.get_sample_value("anomaly_end_to_end_latency_seconds_count") == 1
+    assert registry.get_sample_value("anomaly_score_ratio_count") == 2
+    assert registry.get_sample_value("anomaly_consumer_lag", {"partition": "0"}) == 8
+
+
+def test_an_unacknowledged_output_stops_before_any_commit(tmp_path):
+    batch = chunk(messages(0, [record([9, 9, 9, 9])]))
+    pipeline, consumer, producer, _ = make_pipeline(tmp_path, [batch])
+    producer.fail_with = TransportError("no ack")
+    with pytest.raises(DeliveryError, match="not acknowledged"):
+        run_once(pipeline)
+    assert consumer.commits == []
+    # Closing the consumer afterwards revokes the partitions: still nothing may be committed.
+    producer.fail_with = None
+    consumer.revoke({("in", 0)})
+    pipeline.commit()
+    assert consumer.commits == []
+
+
+def test_revocation_finishes_the_batch_in_hand_and_commits(tmp_path):
+    pipeline, consumer, producer, log = make_pipeline(tmp_path, [], batch_max_wait_seconds=60)
+    # Records polled into the batch, then a rebalance revokes the partition.
+    pipeline.add(chunk(messages(0, [record([5, 5, 5, 5])] * 3)))
+    consumer.revoke({("in", 0)})
+    assert len(producer.sent) == 3
+    assert log == ["flush", "commit"] and consumer.commits == [{("in", 0): 3}]
+
+
+def test_a_network_cut_while_polling_is_ridden_out_and_readiness_follows(tmp_path):
+    batch = chunk(messages(0, [record([5, 5, 5, 5], id="after")]))
+    failures = [TransientError("poll: socket disconnected"), TransientError("poll: node not ready")]
+    pipeline, flaky, producer, _log = make_pipeline(
+        tmp_path, [], consumer=lambda log: FlakyConsumer(log, [batch], failures)
+    )
+    seen = []
+    real_trouble = pipeline.link.trouble
+
+    def trouble(what):
+        real_trouble(what)
+        seen.append(pipeline.health.ready)
+
+    pipeline.link.trouble = trouble
+    pipeline.run(threading.Event(), max_seconds=1.5)
+    assert seen == [False, False]  # /readyz said 503 while cut off
+    assert pipeline.health.ready  # and 200 once polls succeed again
+    assert [s[0] for s in producer.sent] == ["alerts"]
+    assert flaky.commits == [{("in", 0): 1}]
+
+
+def test_a_fatal_error_abandons_the_batch_and_close_commits_nothing(tmp_path):
+    batch = chunk(messages(0, [record([5, 5, 5, 5])] * 2))
+    pipeline, consumer, producer, log = make_pipeline(tmp_path, [batch], batch_max_records=1000)
+    consumer.poll = lambda timeout, max_records: (_ for _ in ()).throw(
+        TransportError("poll: IllegalStateError: not transient")
+    )
+    pipeline.add(chunk(messages(0, [record([5, 5, 5, 5])] * 2)))
+    with pytest.raises(TransportError):
+        run_once(pipeline)
+    # consumer.close() then runs the revoke hooks: they must do nothing.
+    consumer.revoke({("in", 0)})
+    assert producer.sent == [] and consumer.commits == [] and "flush" not in log
+
+
+def test_a_flush_that_times_out_postpones_the_commit_instead_of_stopping(tmp_path):
+    batch = chunk(messages(0, [record([5, 5, 5, 5])]))
+    pipeline, consumer, producer, _log = make_pipeline(tmp_path, [batch])
+    real_flush = producer.flush
+    calls = []
+
+    def flush(timeout):
+        calls.append(timeout)
+        if len(calls) == 1:
+            raise TransientError("flush: 1 output(s) not acknowledged in 5s")
+        real_flush(timeout)
+
+    producer.flush = flush
+    run_once(pipeline)
+    assert consumer.commits == [{("in", 0): 1}]  # committed at a later commit point
+    assert calls[0] <= 5
+
+
+def test_a_failure_inside_the_revoke_listener_is_raised_from_the_main_loop(tmp_path):
+    batch = chunk(messages(0, [record([9, 9, 9, 9])]))
+    pipeline, consumer, producer, _ = make_pipeline(tmp_path, [batch])
+    run_once(pipeline)  # processed and committed
+    pipeline.add(chunk(messages(0, [record([9, 9, 9, 9])], start=1)))
+    producer.fail_with = TransportError("expired")
+    consumer.revoke({("in", 0)})
+    with pytest.raises(DeliveryError):
+        run_once(pipeline)
+    assert consumer.commits == [{("in", 0): 1}]
+
+
+def test_outputs_that_cannot_fit_a_request_become_cut_dead_letters(tmp_path):
+    big = record([0, 0, 0, 0], pad="x" * 30_000)
+    # 10 KB of UTF-8 in, but 30 KB once the alert's JSON escapes it as \u00e9.
+    huge_id = json.dumps({"features": [9, 9, 9, 9], "id": "é" * 5_000}, ensure_ascii=False)
+    huge_id = huge_id.encode()
+    batch = chunk(messages(0, [big, huge_id]))
+    pipeline, consumer, producer, _ = make_pipeline(tmp_path, [batch], max_record_bytes=20_000)
+    run_once(pipeline)
+    letters = [s for s in producer.sent if s[0] == "dlq"]
+    reasons = [dict(h)["error.reason"] for _, _, _, h in letters]
+    assert reasons == [b"oversized", b"alert_too_large"]
+    for _, key, value, headers in letters:
+        assert len(key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers) <= (
+            20_000
+        )
+    assert dict(letters[0][3])["source.value.size"] == str(len(big)).encode()
+    assert dict(letters[0][3])["error.truncated"] == b"value"
+    assert letters[0][2] == big[: len(letters[0][2])]
+    assert consumer.commits == [{("in", 0): 2}]
+
+
+def test_non_finite_scores_alert_with_valid_json(tmp_path):
+    # float32 squares overflow: the score is inf; the alert must still be RFC 8259 JSON.
+    batch = chunk(messages(0, [record([3e38, 0, 0, 0], id="inf")]))
+    pipeline, _consumer, producer, _ = make_pipeline(tmp_path, [batch])
+    run_once(pipeline)
+    ((topic, _, value, _),) = producer.sent
+    assert topic == "alerts" and b"Infinity" not in value and b"NaN" not in value
+    body = json.loads(value, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert body["id"] == "inf" and body["score"] is None and body["score_ratio"] is None
+
+
+def test_dead_letters_log_one_line_per_reason_per_interval_and_count_every_one(tmp_path, caplog):
+    now = [0.0]
+    batch = messages(0, [b"garbage"] * 100 + [record([1, 2, 3])])
+    pipeline, _consumer, producer, _ = make_pipeline(tmp_path, [], clock=lambda: now[0])
+    pipeline.process(batch, [m.value for m in batch])
+    lines = [r.getMessage() for r in caplog.records if "dead letter" in r.getMessage()]
+    assert len(lines) == 2  # one invalid_json, one wrong_feature_count
+    assert lines[0].startswith("dead letter in[0]@0: invalid_json")
+    assert len([s for s in producer.sent if s[0] == "dlq"]) == 101
+    registry = pipeline.metrics.registry
+    assert (
+        registry.get_sample_value("anomaly_records_invalid_total", {"reason": "invalid_json"})
+        == 100
+    )
+    now[0] = 11.0
+    later = messages(0, [b"garbage"], start=200)
+    pipeline.process(later, [m.value for m in later])
+    last = [r.getMessage() for r in caplog.records if "dead letter" in r.getMessage()][-1]
+    assert last.startswith("dead letter in[0]@200: invalid_json") and "99 more invalid_json" in last

@@ -1,0 +1,102 @@
+"""Build alert messages: one JSON object per anomalous record, keyed by entity (or id)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+
+from worker.contract.messages import SourceMessage
+from worker.contract.records import Record, event_time, record_id
+
+__all__ = ["Alert", "AlertContext", "build_alerts", "finite_or_none"]
+
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass(frozen=True)
+class AlertContext:
+    """What every alert of a batch shares."""
+
+    feature_names: tuple[str, ...]
+    threshold: float
+    model_version: str
+    top_features: int
+    detected_at: float
+
+
+@dataclass(frozen=True)
+class Alert:
+    """An alert ready to produce, with its event time (for the latency metric)."""
+
+    key: bytes
+    value: bytes
+    event_ts: float
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN or Infinity (RFC 8259): a non-finite number is written as ``null``.
+
+    >>> finite_or_none(1.5), finite_or_none(float("nan")), finite_or_none(float("inf"))
+    (1.5, None, None)
+    """
+    return value if math.isfinite(value) else None
+
+
+def build_alerts(
+    context: AlertContext,
+    records: Sequence[Record],
+    messages: Sequence[SourceMessage],
+    scores: np.ndarray,
+    features: np.ndarray,
+    errors: np.ndarray,
+    expected: np.ndarray,
+) -> list[Alert]:
+    """One alert per row; all arrays are aligned with ``records`` and ``messages``."""
+    k = min(context.top_features, len(context.feature_names))
+    top = np.argsort(-errors, axis=1, kind="stable")[:, :k]
+    # Python numbers for the whole batch at once (numpy scalars one by one cost more).
+    names = context.feature_names
+    top_names = [[names[j] for j in row] for row in top.tolist()]
+    top_values = np.take_along_axis(features, top, axis=1).astype(np.float64).tolist()
+    top_expected = np.take_along_axis(expected, top, axis=1).astype(np.float64).tolist()
+    top_errors = np.take_along_axis(errors, top, axis=1).astype(np.float64).tolist()
+    score_list = np.asarray(scores, dtype=np.float64).tolist()
+    alerts = []
+    for i, (record, message) in enumerate(zip(records, messages, strict=True)):
+        rid = record_id(record, message)
+        ts = event_time(record, message)
+        score = score_list[i]
+        body = {
+            "id": rid,
+            "entity": record.entity,
+            "ts": ts,
+            "score": finite_or_none(score),
+            "threshold": context.threshold,
+            "score_ratio": finite_or_none(score / context.threshold),
+            "model_version": context.model_version,
+            "top_features": [
+                {
+                    "name": name,
+                    "value": value,
+                    "expected": finite_or_none(exp),
+                    "error": finite_or_none(err),
+                }
+                for name, value, exp, err in zip(
+                    top_names[i], top_values[i], top_expected[i], top_errors[i], strict=True
+                )
+            ],
+            "source": {
+                "topic": message.topic,
+                "partition": message.partition,
+                "offset": message.offset,
+            },
+            "detected_at": context.detected_at,
+        }
+        key = record.entity if record.entity is not None else rid
+        # msgspec writes UTF-8 (no \u escapes); finite_or_none already made non-finite null.
+        alerts.append(Alert(key.encode("utf-8"), _encode(body), ts))
+    return alerts

@@ -1,0 +1,75 @@
+"""The broker link as the loop sees it: an outage said once, ``/readyz``, a capped backoff.
+
+Faults that are not the records' fault (a broker or network outage while polling or
+committing) are ridden out: the first one logs a line and makes ``/readyz`` answer 503,
+the loop backs off (doubling, capped), and the first sign of life logs how long it lasted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from worker.observe.health import HealthState
+
+__all__ = ["BrokerLink"]
+
+logger = logging.getLogger(__name__)
+
+
+class BrokerLink:
+    """What is wrong with the broker link, while it lasts, and how long to back off."""
+
+    def __init__(
+        self,
+        health: HealthState,
+        connect_backoff_max_seconds: float,
+        session_timeout_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.health = health
+        self.connect_backoff_max_seconds = connect_backoff_max_seconds
+        #: The coordinator must have answered within this long for ``/readyz`` to say 200.
+        self.session_timeout_seconds = session_timeout_seconds
+        self.clock = clock
+        self.problem: str | None = None
+        self.backoff_seconds = 0.0
+        self._since = 0.0
+
+    @property
+    def down(self) -> bool:
+        return self.problem is not None
+
+    def trouble(self, what: str) -> None:
+        """A transient broker/network fault: say so once, stop being ready, back off more."""
+        if self.problem is None:
+            self._since = self.clock()
+            logger.warning("broker unreachable (%s); retrying with backoff", what)
+        self.problem = what
+        self.backoff_seconds = min(
+            max(self.backoff_seconds * 2, 0.1), self.connect_backoff_max_seconds
+        )
+        self.health.set_ready(False, f"broker unreachable: {what}")
+
+    def ok(self) -> None:
+        """The broker answered."""
+        if self.problem is not None:
+            logger.info("broker reachable again after %.1fs", self.clock() - self._since)
+        self.problem = None
+        self.backoff_seconds = 0.0
+
+    def follow(self, link_age: float | None, assigned: bool) -> None:
+        """Once per loop: readiness from the group coordinator's last answer (``link_age``
+        seconds ago, None when the client cannot tell) while partitions are ``assigned``."""
+        age = link_age if assigned else None
+        if age is not None and age > self.session_timeout_seconds:
+            self.trouble(f"no heartbeat answer from the group coordinator for {age:.0f}s")
+        elif self.problem is not None and age is not None and age < self.clock() - self._since:
+            self.ok()  # the coordinator answered since the trouble began
+        if self.problem is None and assigned:
+            self.health.set_ready(True, "ok")
+
+    def partitions_assigned(self) -> None:
+        if self.problem is None:
+            self.health.set_ready(True, "ok")

@@ -1,0 +1,84 @@
+"""The model being served: scorer, threshold and drift monitor, swapped together between batches.
+
+With a registry, :class:`~worker.model.reload.ModelWatcher` prepares a newly promoted
+model off the hot path; :meth:`ServedModel.refresh` takes it between two batches, so no
+record is scored by a half-loaded model and none is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from worker.contract.drift import DriftMonitor
+from worker.contract.records import FeatureSchema
+from worker.contract.scoring import Scorer
+from worker.core.threshold import Threshold
+from worker.model.reload import ModelWatcher
+from worker.observe.metrics import WorkerMetrics
+
+__all__ = ["DriftWindow", "ServedModel"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DriftWindow:
+    """Drift is measured over the newest ``records`` records of at most ``seconds`` seconds."""
+
+    records: int
+    seconds: float
+
+
+class ServedModel:
+    """What scores the next batch (``drift``: None to measure no drift)."""
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        threshold: Threshold,
+        metrics: WorkerMetrics,
+        drift: DriftWindow | None,
+        watcher: ModelWatcher | None = None,
+    ) -> None:
+        self.metrics, self.drift_window, self.watcher = metrics, drift, watcher
+        self.threshold = threshold
+        self._serve(scorer)
+
+    def _serve(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+        self.schema = FeatureSchema(scorer.metadata.feature_names)
+        self.drift = self._drift_monitor(scorer)  # a new reference: a fresh window
+        meta = scorer.metadata
+        self.metrics.set_model(
+            meta.version, self.threshold.value, meta.calibration.expected_alert_rate
+        )
+
+    def refresh(self) -> None:
+        """Serve the newly promoted model, if the watcher has one ready."""
+        if self.watcher is None:
+            return
+        scorer = self.watcher.take()
+        if scorer is None:
+            return
+        previous = self.scorer.metadata.version
+        if self.threshold.source == "bundle":
+            self.threshold = Threshold(scorer.metadata.threshold)
+        self._serve(scorer)
+        self.metrics.model_reloads.labels(result="loaded").inc()
+        logger.info("now serving model %s (was %s)", scorer.metadata.version, previous)
+
+    def _drift_monitor(self, scorer: Scorer) -> DriftMonitor | None:
+        reference = scorer.metadata.drift_reference
+        if self.drift_window is None:
+            return None
+        if reference is None:
+            logger.info(
+                "model %s carries no drift reference (written by an older anomaly-train): "
+                "drift is not measured",
+                scorer.metadata.version,
+            )
+            return None
+        return DriftMonitor.from_reference(
+            reference, self.drift_window.records, self.drift_window.seconds
+        )

@@ -1,0 +1,177 @@
+"""Prometheus metrics of the worker, on an injected registry (tests read them back)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from worker.contract.drift import DriftMonitor
+from worker.contract.messages import Partition
+from worker.observe.collectors import ArrayHistogram, DriftCollector
+
+__all__ = ["WorkerMetrics"]
+
+BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000)
+INFERENCE_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
+SCORE_RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.5, 2.0, 5.0, 10.0, 100.0)
+
+
+class WorkerMetrics:
+    """Every metric the worker exports, named ``anomaly_<thing>_<unit>``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.records_consumed = Counter(
+            "anomaly_records_consumed",
+            "Messages read from the input topic, valid or not.",
+            registry=r,
+        )
+        self.records_invalid = Counter(
+            "anomaly_records_invalid",
+            "Messages sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.records_skipped = Counter(
+            "anomaly_records_skipped",
+            "Offsets skipped because the Kafka client could not decode their batch, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.records_scored = Counter(
+            "anomaly_records_scored", "Records scored by the model.", registry=r
+        )
+        self.alerts = Counter("anomaly_alerts", "Alerts produced.", registry=r)
+        self.commits = Counter("anomaly_offset_commits", "Successful offset commits.", registry=r)
+        self.transactions = Counter(
+            "anomaly_transactions",
+            "exactly_once: transactions ended, by result (committed, aborted).",
+            ["result"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "anomaly_batch_size", "Records per micro-batch.", buckets=BATCH_SIZE_BUCKETS, registry=r
+        )
+        self.inference_duration = Histogram(
+            "anomaly_inference_duration_seconds",
+            "Model time per micro-batch.",
+            buckets=INFERENCE_BUCKETS,
+            registry=r,
+        )
+        self.batch_duration = Histogram(
+            "anomaly_batch_duration_seconds",
+            "Decode + score + produce time per micro-batch.",
+            buckets=INFERENCE_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end_latency = Histogram(
+            "anomaly_end_to_end_latency_seconds",
+            "Event time of a record to its alert being readable: acknowledged by the broker "
+            "(at_least_once), committed with its transaction (exactly_once).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.score_ratio = ArrayHistogram(
+            "anomaly_score_ratio",
+            "Score divided by the threshold (above 1 alerts), per scored record.",
+            buckets=SCORE_RATIO_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "anomaly_consumer_lag",
+            "Records behind the partition's high-water mark (from fetch responses).",
+            ["partition"],
+            registry=r,
+        )
+        self.last_processed = Gauge(
+            "anomaly_last_processed_timestamp_seconds",
+            "Unix time the last micro-batch finished processing.",
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "anomaly_model_info", "The model being served (value 1).", ["version"], registry=r
+        )
+        self.model_reloads = Counter(
+            "anomaly_model_reloads",
+            "Models picked up from the registry while running, by result (loaded, refused).",
+            ["result"],
+            registry=r,
+        )
+        self.model_loaded = Gauge(
+            "anomaly_model_loaded_timestamp_seconds",
+            "Unix time the served model was loaded.",
+            registry=r,
+        )
+        self.model_expected_alert_rate = Gauge(
+            "anomaly_model_expected_alert_rate",
+            "Share of normal records the served model is calibrated to alert on.",
+            registry=r,
+        )
+        self.model_threshold = Gauge(
+            "anomaly_model_threshold", "Threshold the served model alerts above.", registry=r
+        )
+        self.ready = Gauge(
+            "anomaly_ready", "1 when connected to the broker and serving, else 0.", registry=r
+        )
+        self._lag_labelled: set[Partition] = set()
+
+    def track_drift(
+        self,
+        source: Callable[[], tuple[DriftMonitor | None, Sequence[str]]],
+        max_feature_labels: int,
+    ) -> None:
+        """Export the drift of ``source()``'s monitor (re-read at each scrape: it changes
+        with the model)."""
+        DriftCollector(source, max_feature_labels, self.registry)
+
+    def set_model(self, version: str, threshold: float, expected_alert_rate: float) -> None:
+        self.model_info.clear()
+        self.model_info.labels(version=version).set(1)
+        self.model_threshold.set(threshold)
+        self.model_expected_alert_rate.set(expected_alert_rate)
+        self.model_loaded.set_to_current_time()
+
+    def set_lag(self, partition: Partition, records: int) -> None:
+        self.consumer_lag.labels(partition=str(partition[1])).set(records)
+        self._lag_labelled.add(partition)
+
+    def forget_lag(self, partitions: Iterable[Partition]) -> None:
+        """Drop the lag series of partitions this worker no longer owns."""
+        for partition in set(partitions) & self._lag_labelled:
+            self.consumer_lag.remove(str(partition[1]))
+        self._lag_labelled -= set(partitions)
