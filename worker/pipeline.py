@@ -26,7 +26,6 @@ from worker.contract.decode import decode_batch
 from worker.contract.messages import Partition
 from worker.core.alerts import AlertContext, build_alerts
 from worker.core.batching import MicroBatch
-from worker.core.deadletters import build_skipped_letter
 from worker.delivery.checkpoint import Committer
 from worker.delivery.exceptions import UndecodableBatchError
 from worker.delivery.outputs import Outputs
@@ -230,35 +229,15 @@ class Pipeline:
         """The client cannot decode a batch: stop naming it, or step past it and dead-letter it."""
         decision = self.undecodable.decide(exc)
         self._process_batch()  # what came before the batch
-        if not isinstance(decision, SkipRange):
-            # Stop cleanly: with that committed, a restart (after the batch is dealt with)
-            # resumes exactly at the batch.
-            self.commit(final=True)
-            raise UndecodableBatchError(
-                decision.topic, decision.partition, decision.offset, decision.reason
-            ) from exc
-        topic, partition, first, resume = (
-            decision.topic,
-            decision.partition,
-            decision.first,
-            decision.resume,
-        )
-        self.consumer.seek((topic, partition), resume)
-        letter = build_skipped_letter(
-            topic, partition, first, resume - 1, "undecodable", decision.reason
-        )
-        self.outputs.letter(letter, f"{topic}[{partition}]@{first}")
-        self.metrics.records_skipped.labels(reason="undecodable").inc(resume - first)
-        # The skipped range counts as processed: its outcome is the dead letter above.
-        self.committer.processed({(topic, partition): resume - 1})
-        logger.error(
-            "skipped %s[%d]@%d..%d: the Kafka client cannot decode the batch (%s)",
-            topic,
-            partition,
-            first,
-            resume - 1,
-            decision.reason,
-        )
+        if isinstance(decision, SkipRange):
+            self.undecodable.step_past(decision)
+            return
+        # Stop cleanly: with that committed, a restart (after the batch is dealt with)
+        # resumes exactly at the batch.
+        self.commit(final=True)
+        raise UndecodableBatchError(
+            decision.topic, decision.partition, decision.offset, decision.reason
+        ) from exc
 
     # --- partitions moving (the client calls these; see worker.kafka.ports) ---------------
     def prepare_revoke(self) -> dict[Partition, int]:

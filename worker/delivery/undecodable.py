@@ -8,12 +8,19 @@ consumer outside the group) and dead-letters the offsets in between, headers onl
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from worker.contract.messages import Partition
+from worker.core.deadletters import build_skipped_letter
+from worker.delivery.checkpoint import Committer
+from worker.delivery.outputs import Outputs
 from worker.kafka.ports import Consumer, UndecodableError
+from worker.observe.metrics import WorkerMetrics
 
 __all__ = ["MAX_SKIP_OFFSETS", "PROBE_SECONDS", "SkipRange", "StopAt", "UndecodableBatches"]
+
+logger = logging.getLogger(__name__)
 
 #: Longest skip when stepping past an undecodable batch, in offsets.
 MAX_SKIP_OFFSETS = 100_000
@@ -43,10 +50,20 @@ class SkipRange:
 
 
 class UndecodableBatches:
-    """Decides what to do with an :class:`~worker.kafka.ports.UndecodableError`."""
+    """Decides what to do with an :class:`~worker.kafka.ports.UndecodableError`, and steps
+    past a skipped range."""
 
-    def __init__(self, consumer: Consumer, input_topic: str, on_undecodable_batch: str) -> None:
-        self.consumer, self.input_topic = consumer, input_topic
+    def __init__(
+        self,
+        consumer: Consumer,
+        outputs: Outputs,
+        committer: Committer,
+        metrics: WorkerMetrics,
+        input_topic: str,
+        on_undecodable_batch: str,
+    ) -> None:
+        self.consumer, self.outputs, self.committer = consumer, outputs, committer
+        self.metrics, self.input_topic = metrics, input_topic
         self.skip = on_undecodable_batch == "skip"
 
     def decide(self, exc: UndecodableError) -> StopAt | SkipRange:
@@ -57,6 +74,30 @@ class UndecodableBatches:
         topic, partition, offset = located
         resume = self._first_decodable((topic, partition), offset)
         return SkipRange(topic, partition, offset, resume, exc.reason)
+
+    def step_past(self, skipped: SkipRange) -> None:
+        """Read on after the range; its dead letter is its outcome, so it counts as processed."""
+        topic, partition, first, resume = (
+            skipped.topic,
+            skipped.partition,
+            skipped.first,
+            skipped.resume,
+        )
+        self.consumer.seek((topic, partition), resume)
+        letter = build_skipped_letter(
+            topic, partition, first, resume - 1, "undecodable", skipped.reason
+        )
+        self.outputs.letter(letter, f"{topic}[{partition}]@{first}")
+        self.metrics.records_skipped.labels(reason="undecodable").inc(resume - first)
+        self.committer.processed({(topic, partition): resume - 1})
+        logger.error(
+            "skipped %s[%d]@%d..%d: the Kafka client cannot decode the batch (%s)",
+            topic,
+            partition,
+            first,
+            resume - 1,
+            skipped.reason,
+        )
 
     def _locate(self, exc: UndecodableError) -> tuple[str, int, int] | None:
         """Which partition is stuck, at which offset: from the error, else by probing each."""
