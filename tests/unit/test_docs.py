@@ -65,3 +65,22 @@ def test_relative_links_point_at_files_and_headings_that_exist(document):
             if anchor not in {_anchor(h) for h in headings}:
                 broken.append(f"{target}: no heading with anchor #{anchor}")
     assert not broken, f"{document}: " + "; ".join(broken)
+
+
+def test_the_readme_commands_show_the_projects_output_not_the_installers():
+    """On a fresh clone both commands set up .venv first: pip says only errors, and the
+    package metadata holds nothing setuptools warns about (its warnings filled the demo's
+    first screen)."""
+    import warnings
+
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    installs = [line for line in setup.splitlines() if "install" in line and "pip" in line]
+    assert installs and all("${pip[@]}" in line for line in installs), installs
+    assert "pip=(.venv/bin/python -m pip -qq --disable-pip-version-check)" in setup
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        apply_configuration(Distribution(), ROOT / "pyproject.toml")
+    assert [str(w.message) for w in caught] == []
