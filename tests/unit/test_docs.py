@@ -84,3 +84,20 @@ def test_the_readme_commands_show_the_projects_output_not_the_installers():
         warnings.simplefilter("always")
         apply_configuration(Distribution(), ROOT / "pyproject.toml")
     assert [str(w.message) for w in caught] == []
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_paths_the_docs_name_exist(document):
+    """A path in backticks (`worker/kafka/ports.py`, `tests/unit/delivery/`, a glob such as
+    `worker/kafka/confluent*.py`) names something in the checkout."""
+    text = (ROOT / document).read_text()
+    named = re.findall(
+        r"`((?:worker|training|tests|bench|scripts|demo|deploy|docs)/[\w./*{},-]*)`", text
+    )
+    missing = []
+    for path in named:
+        if "{" in path:
+            continue  # a brace list is a shorthand, not a path
+        if not (list(ROOT.glob(path)) if "*" in path else (ROOT / path).exists()):
+            missing.append(path)
+    assert not missing, f"{document} names paths that do not exist: {missing}"
