@@ -179,7 +179,9 @@ class LogConsumer(FakeConsumer):
 
 
 def messages(partition, values, start=0):
-    return [Message("in", partition, start + i, 1_000, None, v) for i, v in enumerate(values)]
+    """Records of ``partition`` from offset ``start``, timestamped now (as a broker does)."""
+    now_ms = int(time.time() * 1000)
+    return [Message("in", partition, start + i, now_ms, None, v) for i, v in enumerate(values)]
 
 
 def chunk(*parts):

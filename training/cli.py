@@ -207,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--sample", type=Path, help="recent normal traffic for the gate (a file)")
     fit.add_argument("--force", action="store_true", help="promote without the gate")
+    fit.add_argument(
+        "--allow-feature-change",
+        action="store_true",
+        help="promote although its features differ from the current model's",
+    )
     model_options(fit)
     kafka_options(fit)
     gate_options(fit)
@@ -260,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=Path, help="recent normal traffic for the gate (a file)")
     p.add_argument("--sample-from-kafka", action="store_true", help="gate on a window of traffic")
     p.add_argument("--force", action="store_true", help="skip the gate (the model must still load)")
+    p.add_argument(
+        "--allow-feature-change",
+        action="store_true",
+        help="promote although its features differ from the current model's (workers "
+        "refuse it until restarted; do it once the producers send its features)",
+    )
     kafka_options(p)
     gate_options(p)
     p.set_defaults(handler=commands.cmd_models_promote)

@@ -75,7 +75,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print(version)
         if args.promote:
             sample = load_table(args.sample).X if args.sample else None
-            result = promote(writable, version, sample, gate, force=args.force)
+            result = promote(
+                writable,
+                version,
+                sample,
+                gate,
+                force=args.force,
+                allow_feature_change=args.allow_feature_change,
+            )
             print(gate_line(version, result))
             return 0 if result.accepted else EXIT_REJECTED
         return 0
@@ -175,7 +182,14 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
     elif args.sample_from_kafka:
         traffic, _ = kafka_traffic(kafka_settings(args), window_config(args), registry)
         sample = traffic.table.X
-    result = promote(registry, args.version, sample, gate_config(args), force=args.force)
+    result = promote(
+        registry,
+        args.version,
+        sample,
+        gate_config(args),
+        force=args.force,
+        allow_feature_change=args.allow_feature_change,
+    )
     print(gate_line(args.version, result))
     return 0 if result.accepted else EXIT_REJECTED
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from training.exceptions import DataError
 from worker.contract.decode import decode_batch
-from worker.contract.records import FeatureSchema
+from worker.contract.records import FeatureSchema, labelled_anomaly
 
 __all__ = ["LABEL_COLUMNS", "Table", "load_table"]
 
@@ -188,4 +188,9 @@ def _load_jsonl(path: Path, max_record_bytes: int) -> Table:
     dropped: dict[str, int] = {}
     for bad in decoded.invalid:
         dropped[bad.reason] = dropped.get(bad.reason, 0) + 1
-    return Table(decoded.features, names, None, dropped)
+    labels = [labelled_anomaly(r) for r in decoded.records]
+    readable = np.array([label is not None for label in labels], dtype=bool)
+    if not readable.all():
+        dropped["invalid_label"] = int((~readable).sum())
+    y = np.array([int(label is True) for label in labels], dtype=int)[readable]
+    return Table(decoded.features[readable], names, y if y.any() else None, dropped)

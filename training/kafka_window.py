@@ -23,7 +23,7 @@ from training.data import Table
 from training.exceptions import DataError
 from worker.contract.decode import decode_batch
 from worker.contract.messages import Message
-from worker.contract.records import FeatureSchema, record_id
+from worker.contract.records import FeatureSchema, labelled_anomaly, record_id
 from worker.contract.scoring import Scorer
 from worker.kafka.options import (
     Connection,
@@ -248,17 +248,23 @@ def normal_traffic(
     max_record_bytes: int = 1 << 20,
 ) -> NormalTraffic:
     """Decode with the worker's decoder and drop what is not normal traffic, counting why."""
+    # As the workers decode (ANOMALY_UNKNOWN_FEATURES=ignore, the default): a feature the
+    # model lacks is left out, so an added feature does not empty the window.
     decoded = decode_batch(
-        [r.value for r in records], FeatureSchema(feature_names), max_record_bytes
+        [r.value for r in records], FeatureSchema(feature_names), max_record_bytes, True
     )
     excluded: dict[str, int] = {}
     for bad in decoded.invalid:
         key = f"invalid:{bad.reason}"
         excluded[key] = excluded.get(key, 0) + 1
     keep = np.ones(len(decoded.positions), dtype=bool)
-    labelled = np.array([bool(r.label) for r in decoded.records], dtype=bool)
+    labels = [labelled_anomaly(r) for r in decoded.records]
+    labelled = np.array([label is True for label in labels], dtype=bool)
+    unreadable = np.array([label is None for label in labels], dtype=bool)
     excluded["labelled_anomaly"] = int(labelled.sum())
-    keep &= ~labelled
+    if unreadable.any():
+        excluded["invalid_label"] = int(unreadable.sum())
+    keep &= ~labelled & ~unreadable
     ids = [
         record_id(rec, records[int(p)])
         for rec, p in zip(decoded.records, decoded.positions, strict=True)

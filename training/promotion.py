@@ -27,7 +27,9 @@ from training.fit import build_bundle
 from training.model import robust_scaling
 from training.publish import WritableRegistry, write_bundle
 from training.report import write_report
+from worker.contract.bundle import read_metadata
 from worker.contract.exceptions import BundleError
+from worker.contract.records import feature_change
 from worker.contract.registry import Registry
 from worker.contract.scoring import Scorer
 
@@ -110,8 +112,17 @@ def sample_error(scorer: Scorer, X: np.ndarray, spread: np.ndarray) -> float:
 
 
 def gate(
-    registry: Registry, version: str, sample: np.ndarray, config: GateConfig, device: str = "cpu"
+    registry: Registry,
+    version: str,
+    sample: np.ndarray,
+    config: GateConfig,
+    device: str = "cpu",
+    allow_feature_change: bool = False,
 ) -> GateResult:
+    """The gate's verdict on ``version`` for a ``sample`` of recent normal traffic (in the
+    candidate's features). A candidate of other features than the current model's fails it,
+    unless ``allow_feature_change``: then it is judged on its own (the two models' errors
+    cannot be compared)."""
     try:
         candidate = Scorer.load(registry.path_of(version), device)
     except BundleError as exc:
@@ -128,11 +139,12 @@ def gate(
             logger.warning(
                 "current model %s does not load (%s); gating without it", current_version, exc
             )
-    if current is not None and current.metadata.feature_names != meta.feature_names:
-        reasons.append(
-            f"features differ from the current model's ({len(meta.feature_names)} vs "
-            f"{current.metadata.n_features}, or another order)"
-        )
+    change = feature_change(current.metadata.feature_names, meta.feature_names) if current else ""
+    if change and allow_feature_change:
+        measurements["feature_change"] = change
+        current = None  # nothing to compare the sample error with
+    elif change:
+        reasons.append(f"features differ from the current model's ({change})")
     if sample.ndim != 2 or sample.shape[1] != meta.n_features:
         reasons.append(
             f"the sample has shape {sample.shape}, the model takes {meta.n_features} features"
@@ -217,18 +229,35 @@ def promote(
     config: GateConfig,
     force: bool = False,
     device: str = "cpu",
+    allow_feature_change: bool = False,
 ) -> GateResult:
-    """Make ``version`` current if it passes the gate (or ``force``); record the outcome."""
+    """Make ``version`` current if it passes the gate (or ``force``); record the outcome.
+
+    A version whose features differ from the current model's is refused, also with
+    ``force``, unless ``allow_feature_change``: running workers serve one feature schema and
+    refuse such a model, and a restarted worker would dead-letter every record the producers
+    send until they send the new features.
+    """
     registry.path_of(version)
     if version not in registry.versions():
         raise BundleError(f"version {version} is not registered in {registry.root}")
-    if force:
+    change = _feature_change(registry, version)
+    if change and not allow_feature_change:
+        result = GateResult(
+            False,
+            [
+                f"its features differ from the current model's ({change}); running workers "
+                "refuse it and restarted ones would dead-letter the producers' records: "
+                "promote it with --allow-feature-change once the producers send its features"
+            ],
+        )
+    elif force:
         Scorer.load(registry.path_of(version), device)  # still refuse what cannot load
         result = GateResult(True, ["forced: gate skipped"])
     elif sample is None:
         raise BundleError("promotion needs a sample of recent normal traffic (or --force)")
     else:
-        result = gate(registry, version, sample, config, device)
+        result = gate(registry, version, sample, config, device, allow_feature_change)
     if result.accepted:
         registry.set_status(
             version, "promoted", measurements=result.measurements, notes=result.reasons
@@ -241,6 +270,19 @@ def promote(
         )
         logger.warning("rejected %s: %s", version, "; ".join(result.reasons))
     return result
+
+
+def _feature_change(registry: Registry, version: str) -> str:
+    """How ``version``'s features differ from the current model's ("" if they do not, or if
+    nothing is current or readable)."""
+    current = registry.current()
+    if current is None or current == version:
+        return ""
+    try:
+        served = read_metadata(registry.path_of(current)).feature_names
+    except BundleError:
+        return ""  # an unreadable current model is the gate's to report
+    return feature_change(served, read_metadata(registry.path_of(version)).feature_names)
 
 
 def rollback(registry: WritableRegistry) -> str:

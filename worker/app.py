@@ -57,6 +57,7 @@ class PipelineConfig:
     top_features: int
     shutdown_timeout_seconds: float
     on_undecodable_batch: str = "fail"
+    unknown_features: str = "ignore"
     connect_backoff_max_seconds: float = 10.0
     session_timeout_seconds: float = 10.0
     processing_guarantee: str = "at_least_once"
@@ -78,6 +79,7 @@ def pipeline_config(settings: WorkerSettings) -> PipelineConfig:
         top_features=settings.top_features,
         shutdown_timeout_seconds=settings.shutdown_timeout_seconds,
         on_undecodable_batch=settings.on_undecodable_batch,
+        unknown_features=settings.unknown_features,
         connect_backoff_max_seconds=settings.connect_backoff_max_seconds,
         session_timeout_seconds=settings.session_timeout_seconds,
         processing_guarantee=settings.processing_guarantee,
@@ -131,10 +133,11 @@ def build_pipeline(
             config.max_record_bytes,
             config.commit_interval_seconds,
             config.top_features,
+            ignore_unknown_features=config.unknown_features == "ignore",
         ),
         consumer,
         MicroBatch(BatchWindow(config.batch_max_records, config.batch_max_wait_seconds, clock)),
-        ServedModel(scorer, threshold, metrics, drift, watcher),
+        ServedModel(scorer, threshold, metrics, health, drift, watcher),
         outputs,
         committer,
         link,

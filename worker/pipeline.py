@@ -49,6 +49,8 @@ class LoopConfig:
     max_record_bytes: int
     commit_interval_seconds: float
     top_features: int
+    #: ANOMALY_UNKNOWN_FEATURES=ignore: score records carrying named features the model lacks.
+    ignore_unknown_features: bool = True
 
 
 class Pipeline:
@@ -131,8 +133,12 @@ class Pipeline:
         """
         window = self.batch.window
         while not stop.is_set():
-            wait = 0.0 if window.count else min(window.remaining_seconds(), POLL_SLICE_SECONDS)
-            chunk = self._poll(wait, window.room)
+            if self.link.holding():  # keep the client polling (it rejoins in poll), slowly
+                wait, room = POLL_SLICE_SECONDS, max(window.room, 1)
+            else:
+                wait = 0.0 if window.count else min(window.remaining_seconds(), POLL_SLICE_SECONDS)
+                room = window.room
+            chunk = self._poll(wait, room)
             if chunk is None:
                 return window.count == 0  # caught up, or the buffer is drained mid-stream
             self.add(chunk)
@@ -144,13 +150,16 @@ class Pipeline:
         try:
             chunk = self.consumer.poll(timeout, max_records)
         except UndecodableError as exc:
+            self.link.polled()
             self._raise_listener_error()
             self._undecodable(exc)
             return None
         except TransientError as exc:
+            self.link.polled()
             self._raise_listener_error()
             self.link.trouble(str(exc))
             return None
+        self.link.polled()
         self._raise_listener_error()
         if chunk is not None and self.consumer.link_age() is None:
             self.link.ok()  # no heartbeat signal from this client: records are the best sign
@@ -162,7 +171,7 @@ class Pipeline:
             raise error
 
     def _process_batch(self) -> None:
-        if self._abandoned:
+        if self._abandoned or self.link.holding():
             return
         self.model.refresh()
         if not self.batch:
@@ -189,10 +198,15 @@ class Pipeline:
         m, model = self.metrics, self.model
         m.records_consumed.inc(len(values))
         m.batch_size.observe(len(values))
-        decoded = decode_batch(values, model.schema, self.config.max_record_bytes)
+        decoded = decode_batch(
+            values, model.schema, self.config.max_record_bytes, self.config.ignore_unknown_features
+        )
+        if decoded.ignored_features:
+            self._ignored_features(decoded.ignored_features)
         source_of = self.consumer.source_of
         for bad in decoded.invalid:
             self.outputs.dead_letter(source_of(messages[bad.position]), bad.reason, bad.detail)
+        model.judge(decoded)
         if len(decoded.positions):
             t0 = time.perf_counter()
             scored = model.scorer.score(decoded.features)
@@ -225,6 +239,17 @@ class Pipeline:
         m.batch_duration.observe(time.perf_counter() - started)
         m.last_processed.set(time.time())
 
+    def _ignored_features(self, counts: dict[str, int]) -> None:
+        first_seen = self.metrics.features_ignored(counts)
+        if first_seen:
+            logger.warning(
+                "records carry named features model %s does not have: %s; they are ignored "
+                "and the records scored (ANOMALY_UNKNOWN_FEATURES=refuse dead-letters them); "
+                "retrain to use them",
+                self.model.scorer.metadata.version,
+                first_seen,
+            )
+
     def _undecodable(self, exc: UndecodableError) -> None:
         """The client cannot decode a batch: stop naming it, or step past it and dead-letter it."""
         decision = self.undecodable.decide(exc)
@@ -250,6 +275,7 @@ class Pipeline:
         """
         if self._abandoned:
             return {}
+        self.link.membership_known()  # revoked, not lost: still a member
         try:
             self._process_batch()
             return self.committer.prepare_revoke()
@@ -262,7 +288,9 @@ class Pipeline:
         self.committer.committed(offsets)
 
     def revoked(self, revoked: set[Partition]) -> None:
-        """Partitions are gone (committed or not): forget them."""
+        """Partitions are gone (committed or not): forget them, and any of their records held."""
+        self.link.membership_known()
+        self._drop_records_of(revoked)
         self.committer.forget(revoked)
         self.assigned -= revoked
         self.metrics.forget_lag(revoked)
@@ -277,18 +305,6 @@ class Pipeline:
             except Exception as exc:
                 self.abandon()
                 self._listener_error = exc
-        messages, values, last = self.batch.take()
-        source_of = self.consumer.source_of
-        kept = [
-            i
-            for i, source in enumerate(map(source_of, messages))
-            if (source.topic, source.partition) not in lost
-        ]
-        self.batch.add(
-            [messages[i] for i in kept],
-            [values[i] for i in kept],
-            {p: o for p, o in last.items() if p not in lost},
-        )
         self.revoked(lost)
         if lost:
             logger.warning(
@@ -296,7 +312,29 @@ class Pipeline:
                 sorted(lost),
             )
 
+    def _drop_records_of(self, partitions: set[Partition]) -> None:
+        if not self.batch or not partitions:
+            return
+        messages, values, last = self.batch.take()
+        source_of = self.consumer.source_of
+        kept = [
+            i
+            for i, source in enumerate(map(source_of, messages))
+            if (source.topic, source.partition) not in partitions
+        ]
+        self.batch.add(
+            [messages[i] for i in kept],
+            [values[i] for i in kept],
+            {p: o for p, o in last.items() if p not in partitions},
+        )
+        if len(kept) < len(messages):
+            logger.info(
+                "dropped %d records of partitions this worker no longer owns",
+                len(messages) - len(kept),
+            )
+
     def on_assigned(self, assigned: set[Partition]) -> None:
+        self.link.membership_known()
         self.assigned |= assigned
         self.link.partitions_assigned()
         logger.info("partitions assigned: %s", sorted(assigned))

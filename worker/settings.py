@@ -66,6 +66,9 @@ class WorkerSettings(KafkaSettings):
     """How long an output is retried; then the worker exits 1 with nothing committed past it."""
     on_undecodable_batch: Literal["fail", "skip"] = "fail"
     """A batch the client cannot decode: `fail` exits 3 naming it, `skip` dead-letters it."""
+    unknown_features: Literal["ignore", "refuse"] = "ignore"
+    """Named features the model lacks (a producer added one): `ignore` scores the record and
+    counts them, `refuse` dead-letters it as `unknown_feature`."""
 
     # --- delivery guarantee ----------------------------------------------------------
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"

@@ -13,23 +13,11 @@ import pytest
 
 from tests.integration.conftest import CLIENTS
 from tests.integration.kafka_helpers import (
-    create_topics,
     wait_for,
 )
-from tests.integration.traffic import FULL, Traffic, assert_every_outcome, settled
+from tests.integration.traffic import FULL, Traffic, assert_every_outcome, serving, settled
 
 pytestmark = pytest.mark.integration
-
-
-def serving(kafka_bootstrap, topics, start_worker, partitions: int, replicas: int):
-    """A topic of ``partitions``, ``replicas`` workers in the group serving it, and its env."""
-    shared = f"{topics.input}-{partitions}p"
-    create_topics(kafka_bootstrap, [shared], partitions=partitions)
-    env = {"ANOMALY_INPUT_TOPIC": shared, "ANOMALY_BATCH_MAX_RECORDS": "500"}
-    workers = [start_worker(**env) for _ in range(replicas)]
-    for worker in workers:
-        worker.wait_ready(60)
-    return shared, env, workers
 
 
 @pytest.mark.parametrize("kafka_client", CLIENTS, indirect=True)

@@ -2,6 +2,7 @@
 
 import json
 import random
+import time
 
 import pytest
 
@@ -20,7 +21,8 @@ MALFORMED = {
     b'{"id": "no-features"}': "missing_features",
     record([1, 2, 3]): "wrong_feature_count",
     record([1, "2", 3, 4]): "non_numeric_feature",
-    record({"cpu": 1, "mem": 1, "disk": 1, "gpu": 1}): "unknown_feature",
+    # "gpu" is ignored (ANOMALY_UNKNOWN_FEATURES=ignore, the default); "net" is missing.
+    record({"cpu": 1, "mem": 1, "disk": 1, "gpu": 1}): "missing_feature",
     b'{"features": [1, NaN, 0, 0]}': "non_finite",
     b'{"features": [0, 0, 0, 0], "x": "\xff\xfe"}': "invalid_utf8",
     record([0, 0, 0, 0], ts="not a time"): "invalid_field",
@@ -34,10 +36,11 @@ def normal_features(rng):
 def test_scores_alerts_dead_letters_and_commits(kafka_bootstrap, topics, start_worker):
     rng = random.Random(7)
     values, keys, anomalies = [], [], set()
+    event_ts = round(time.time(), 3)  # recent: its latency is measured (a day-old one is not)
     for i in range(600):
         if i % 30 == 0:
             values.append(
-                record([5.0, 5.0, 5.0, 5.0], id=f"a{i}", entity=f"host-{i % 7}", ts=1.7e9)
+                record([5.0, 5.0, 5.0, 5.0], id=f"a{i}", entity=f"host-{i % 7}", ts=event_ts)
             )
             anomalies.add(f"a{i}")
         elif i % 2:
@@ -62,7 +65,7 @@ def test_scores_alerts_dead_letters_and_commits(kafka_bootstrap, topics, start_w
         assert alert.key == body["entity"].encode()
         assert body["score"] == pytest.approx(25.0) and body["threshold"] == 4.0
         assert body["score_ratio"] == pytest.approx(6.25)
-        assert body["model_version"] == "test-v1" and body["ts"] == 1.7e9
+        assert body["model_version"] == "test-v1" and body["ts"] == event_ts
         assert [f["name"] for f in body["top_features"]] == list(NAMES[:3])
         assert body["top_features"][0] == {
             "name": "cpu",
@@ -93,6 +96,7 @@ def test_scores_alerts_dead_letters_and_commits(kafka_bootstrap, topics, start_w
     for partition in ends:
         assert worker.metric("anomaly_consumer_lag", {"partition": str(partition)}) == 0
     assert worker.metric("anomaly_end_to_end_latency_seconds_count") == len(anomalies)
+    assert worker.metric("anomaly_event_time_outside_range_total", {"side": "past"}) is None
     assert worker.metric("anomaly_score_ratio_count") == total - len(MALFORMED)
     assert worker.metric("anomaly_model_info", {"version": "test-v1"}) == 1
     assert worker.metric("anomaly_last_processed_timestamp_seconds") > 1.6e9

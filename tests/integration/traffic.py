@@ -11,7 +11,7 @@ import threading
 import time
 
 from tests.helpers import record
-from tests.integration.kafka_helpers import produce, read_topic, wait_committed
+from tests.integration.kafka_helpers import create_topics, produce, read_topic, wait_committed
 
 FULL = os.environ.get("ANOMALY_CHAOS_FULL") == "1"
 
@@ -126,3 +126,21 @@ def alerted_ids(bootstrap, topic, expect, timeout_seconds=30.0):
     return [
         json.loads(r.value)["id"] for r in read_topic(bootstrap, topic, expect, timeout_seconds)
     ]
+
+
+def serving(
+    kafka_bootstrap,
+    topics,
+    start_worker,
+    partitions: int,
+    replicas: int,
+    batch_max_records: int = 500,
+):
+    """A topic of ``partitions``, ``replicas`` workers in the group serving it, and its env."""
+    shared = f"{topics.input}-{partitions}p"
+    create_topics(kafka_bootstrap, [shared], partitions=partitions)
+    env = {"ANOMALY_INPUT_TOPIC": shared, "ANOMALY_BATCH_MAX_RECORDS": str(batch_max_records)}
+    workers = [start_worker(**env) for _ in range(replicas)]
+    for worker in workers:
+        worker.wait_ready(60)
+    return shared, env, workers

@@ -28,13 +28,23 @@ __all__ = ["decode_batch"]
 _PARSE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, TypeError, ValueError, RecursionError)
 
 _decode_record = msgspec.json.Decoder(Record).decode
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def decode_batch(
-    values: Sequence[bytes | None], schema: FeatureSchema, max_bytes: int
+    values: Sequence[bytes | None],
+    schema: FeatureSchema,
+    max_bytes: int,
+    ignore_unknown: bool = False,
 ) -> DecodedBatch:
-    """Decode raw message values into a float32 ``[n, D]`` matrix; explain every refusal."""
+    """Decode raw message values into a float32 ``[n, D]`` matrix; explain every refusal.
+
+    ``ignore_unknown``: named features the model does not have are left out (and counted in
+    :attr:`DecodedBatch.ignored_features`) instead of refusing the record as
+    ``unknown_feature``; a missing feature is refused either way.
+    """
     invalid: list[Invalid] = []
+    ignored: dict[str, int] = {}
     records, positions = _parse(values, max_bytes, invalid)
     size = schema.size
     refused: dict[int, tuple[str, str]] = {}  # row -> (reason, detail)
@@ -48,18 +58,18 @@ def decode_batch(
             _fill_from_lists(matrix, refused, listed, records, size)
         if len(listed) < len(records):
             named = [i for i, r in enumerate(records) if type(r.features) is dict]
-            _fill_from_dicts(matrix, refused, named, records, schema.names)
+            _fill_from_dicts(matrix, refused, named, records, schema.names, ignored, ignore_unknown)
     for row in np.flatnonzero(~np.isfinite(matrix).all(axis=1)).tolist():
         bad = [schema.names[j] for j in np.flatnonzero(~np.isfinite(matrix[row]))]
         refused.setdefault(row, ("non_finite", f"not finite as float32: {bad[:5]}"))
     _check_timestamps(records, refused)
 
     if not refused:
-        return DecodedBatch(matrix, positions, records, invalid)
+        return DecodedBatch(matrix, positions, records, invalid, ignored)
     invalid.extend(Invalid(int(positions[i]), *why) for i, why in refused.items())
     invalid.sort(key=lambda item: item.position)
     kept = np.setdiff1d(np.arange(len(records)), np.fromiter(refused, dtype=np.int64))
-    return DecodedBatch(matrix[kept], positions[kept], [records[i] for i in kept], invalid)
+    return DecodedBatch(matrix[kept], positions[kept], [records[i] for i in kept], invalid, ignored)
 
 
 _FEATURES = operator.attrgetter("features")
@@ -120,15 +130,25 @@ def _parse(
         try:
             if value is None or len(value) > max_bytes:
                 raise ValueError
-            records.append(_decode_record(value))
+            records.append(_decode_bom_tolerant(value))
             kept.append(position)
         except _PARSE_ERRORS as exc:
             if isinstance(exc, RecursionError):
                 reason, detail = "too_deep", "nested too deeply to decode"
             else:
-                reason, detail = _diagnose(value, max_bytes)
+                reason, detail = _diagnose(value, max_bytes, exc)
             invalid.append(Invalid(position, reason, detail))
     return records, np.asarray(kept, dtype=np.int64)
+
+
+def _decode_bom_tolerant(value: bytes) -> Record:
+    """RFC 8259 lets a parser ignore a leading UTF-8 byte order mark; msgspec refuses it."""
+    try:
+        return _decode_record(value)
+    except _PARSE_ERRORS:
+        if value.startswith(UTF8_BOM):
+            return _decode_record(value[len(UTF8_BOM) :])
+        raise
 
 
 def _check_utf8(
@@ -185,25 +205,31 @@ def _fill_from_dicts(
     rows: list[int],
     records: list[Record],
     names: tuple[str, ...],
+    ignored: dict[str, int],
+    ignore_unknown: bool,
 ) -> None:
     expected = set(names)
     for i in rows:
         named = records[i].features
         assert isinstance(named, dict)
-        if named.keys() == expected:
+        keys = named.keys()
+        if keys == expected or (ignore_unknown and keys >= expected):
             with np.errstate(over="ignore"):
                 matrix[i] = [named[n] for n in names]
+            for extra in keys - expected if len(keys) > len(expected) else ():
+                ignored[extra] = ignored.get(extra, 0) + 1
             continue
         unknown = sorted(set(named) - expected)
-        if unknown:
+        if unknown and not ignore_unknown:
             refused[i] = ("unknown_feature", f"unknown features: {unknown[:5]}")
         else:
             missing = [n for n in names if n not in named]
             refused[i] = ("missing_feature", f"missing features: {missing[:5]}")
 
 
-def _diagnose(value: bytes | None, max_bytes: int) -> tuple[str, str]:
-    """Why a value failed the typed parse: a reason class and a short detail."""
+def _diagnose(value: bytes | None, max_bytes: int, error: BaseException) -> tuple[str, str]:
+    """Why a value failed the typed parse (``error``): a reason class and a detail naming
+    the field."""
     if value is None:
         return "empty_value", "the message has no value"
     if len(value) > max_bytes:
@@ -213,11 +239,14 @@ def _diagnose(value: bytes | None, max_bytes: int) -> tuple[str, str]:
     except UnicodeDecodeError as exc:
         return "invalid_utf8", str(exc)
     try:
-        obj = json.loads(text)
+        obj = json.loads(text.removeprefix("\ufeff"))
     except RecursionError:
         return "too_deep", "nested too deeply to decode"
     except ValueError as exc:
         return "invalid_json", str(exc)[:200]
+    surrogate = _lone_surrogate(obj)
+    if surrogate is not None:
+        return "invalid_unicode", f"{surrogate} holds a lone UTF-16 surrogate escape"
     if not isinstance(obj, dict):
         return "not_an_object", f"got a JSON {type(obj).__name__}"
     if "features" not in obj:
@@ -232,18 +261,48 @@ def _diagnose(value: bytes | None, max_bytes: int) -> tuple[str, str]:
     for name, number in items:
         if type(number) not in (int, float):
             return "non_numeric_feature", f"feature {name} is {json.dumps(number)[:50]}"
-        try:
-            finite = math.isfinite(float(number))
-        except OverflowError:
-            finite = False
-        if not finite:
-            return "non_finite", f"feature {name} is {number}"
+        if not _finite(number):
+            return "non_finite", f"feature {name} is {str(number)[:50]}"
     for name in ("id", "entity"):
         if obj.get(name) is not None and not isinstance(obj[name], str):
-            return "invalid_field", f"'{name}' must be a string"
+            return "invalid_field", f"'{name}' must be a string, got {json.dumps(obj[name])[:50]}"
     ts = obj.get("ts")
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float | str)):
         return "invalid_field", "'ts' must be epoch seconds or an ISO-8601 string"
-    if isinstance(ts, int | float) and not math.isfinite(ts):
-        return "invalid_field", f"'ts' is not a finite time: {ts}"
-    return "invalid_json", "the record does not match the input contract"
+    if isinstance(ts, int | float) and not _finite(ts):
+        return "invalid_field", f"'ts' is not a finite time: {str(ts)[:50]}"
+    return "invalid_json", f"the record does not match the input contract: {str(error)[:200]}"
+
+
+def _finite(number: int | float) -> bool:
+    """Whether a JSON number is a finite float (a 400-digit integer is not: it overflows)."""
+    try:
+        return math.isfinite(float(number))
+    except OverflowError:
+        return False
+
+
+def _lone_surrogate(obj: object) -> str | None:
+    """Where ``obj`` holds a string (or key) with a lone UTF-16 surrogate, as a JSON path."""
+    stack: list[tuple[str, object]] = [("$", obj)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and _has_surrogate(item):
+                return path
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not key.isascii() and _has_surrogate(key):
+                    return f"a key of {path} ({key!r})"
+                stack.append((f"{path}.{key}", child))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", child) for i, child in enumerate(item))
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

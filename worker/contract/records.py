@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -31,6 +32,8 @@ __all__ = [
     "Invalid",
     "Record",
     "event_time",
+    "feature_change",
+    "labelled_anomaly",
     "parse_timestamp",
     "record_id",
 ]
@@ -50,6 +53,7 @@ REASONS: dict[str, str] = {
     "missing_feature": "a model feature is absent from the named features",
     "non_finite": "a feature is NaN or infinite (or overflows float32)",
     "invalid_field": "'id', 'entity' or 'ts' has the wrong type or an unreadable value",
+    "invalid_unicode": "a JSON string holds a lone UTF-16 surrogate escape: not Unicode text",
     "too_deep": "the JSON value nests deeper than the decoder's limit",
 }
 
@@ -65,7 +69,9 @@ class Record(msgspec.Struct, gc=False):
     id: str | None = None
     ts: float | str | None = None
     entity: str | None = None
-    label: bool | int | None = None
+    label: Any = None
+    """Only training reads it (:func:`labelled_anomaly`): a wrongly typed label never keeps a
+    record from being scored."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,9 @@ class DecodedBatch:
     positions: np.ndarray
     records: list[Record]
     invalid: list[Invalid] = field(default_factory=list)
+    ignored_features: dict[str, int] = field(default_factory=dict)
+    """Named features the model does not have, and in how many records they were ignored
+    (``decode_batch(..., ignore_unknown=True)``)."""
 
 
 def parse_timestamp(value: float | str) -> float:
@@ -144,3 +153,47 @@ def record_id(record: Record, message: SourceMessage) -> str:
 def event_time(record: Record, message: SourceMessage) -> float:
     """The record's ``ts`` in epoch seconds, or the Kafka timestamp when it has none."""
     return parse_timestamp(record.ts) if record.ts is not None else message.timestamp / 1000.0
+
+
+def labelled_anomaly(record: Record) -> bool | None:
+    """Whether a record is labelled a known anomaly: ``true`` or a non-zero integer; ``false``,
+    ``0`` or no label say it is not; anything else (``"yes"``, ``0.5``) is no label at all
+    (None), which training counts and leaves out.
+
+    >>> [labelled_anomaly(Record(features=[], label=v)) for v in (True, 1, 0, None, "yes", 0.5)]
+    [True, True, False, False, None, None]
+    """
+    label = record.label
+    if label is None:
+        return False
+    if isinstance(label, bool | int):
+        return bool(label)
+    return None
+
+
+#: A feature change names at most this many features of each kind.
+FEATURES_NAMED = 20
+
+
+def feature_change(served: tuple[str, ...], candidate: tuple[str, ...]) -> str:
+    """How ``candidate``'s features differ from ``served``'s, in words ("" when they do not).
+
+    >>> feature_change(("a", "b", "c"), ("a", "c", "d"))
+    '3 -> 3 features: removed b; added d'
+    >>> feature_change(("a", "b"), ("b", "a"))
+    '2 -> 2 features: same names in another order (a, b -> b, a)'
+    """
+    if served == candidate:
+        return ""
+
+    def names(items: list[str]) -> str:
+        more = f" and {len(items) - FEATURES_NAMED} more" if len(items) > FEATURES_NAMED else ""
+        return ", ".join(items[:FEATURES_NAMED]) + more
+
+    removed = [n for n in served if n not in set(candidate)]
+    added = [n for n in candidate if n not in set(served)]
+    parts = [f"removed {names(removed)}"] if removed else []
+    parts += [f"added {names(added)}"] if added else []
+    if not parts:
+        parts = [f"same names in another order ({names(list(served))} -> {names(list(candidate))})"]
+    return f"{len(served)} -> {len(candidate)} features: " + "; ".join(parts)

@@ -12,7 +12,23 @@ import numpy as np
 from worker.contract.messages import SourceMessage
 from worker.contract.records import Record, event_time, record_id
 
-__all__ = ["Alert", "AlertContext", "build_alerts", "finite_or_none"]
+__all__ = [
+    "EVENT_TIME_MAX_AGE_SECONDS",
+    "EVENT_TIME_MAX_AHEAD_SECONDS",
+    "Alert",
+    "AlertContext",
+    "build_alerts",
+    "event_time_outside",
+    "finite_or_none",
+]
+
+#: An alert's record is older than this (event time to now): replayed or delayed data, or a
+#: wrong ``ts`` (1970, year 1). Its latency says nothing about the worker.
+EVENT_TIME_MAX_AGE_SECONDS = 86_400.0
+#: ... or this far in the future: a clock far off, or milliseconds sent as seconds.
+EVENT_TIME_MAX_AHEAD_SECONDS = 300.0
+#: A ``ts`` above this many seconds (year 5138) was almost surely meant as milliseconds.
+MILLISECONDS_LIKELY = 1e11
 
 _encode = msgspec.json.Encoder().encode
 
@@ -35,6 +51,24 @@ class Alert:
     key: bytes
     value: bytes
     event_ts: float
+
+
+def event_time_outside(event_ts: float, now: float) -> str | None:
+    """``"past"`` or ``"future"`` when an event time is outside the plausible range around
+    ``now`` (its latency is then not measured), None when inside.
+
+    >>> now = 1_700_000_000.0
+    >>> event_time_outside(now - 5, now), event_time_outside(0.0, now)
+    (None, 'past')
+    >>> event_time_outside(now * 1000, now)
+    'future'
+    """
+    lag = now - event_ts
+    if lag > EVENT_TIME_MAX_AGE_SECONDS:
+        return "past"
+    if lag < -EVENT_TIME_MAX_AHEAD_SECONDS:
+        return "future"
+    return None
 
 
 def finite_or_none(value: float) -> float | None:

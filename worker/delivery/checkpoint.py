@@ -82,11 +82,12 @@ class Committer(ABC):
 
     @abstractmethod
     def alert_sent(self, event_ts: float) -> None:
-        """An alert of a record of event time ``event_ts`` was handed to the producer."""
+        """An alert whose latency is measured (its record's event time ``event_ts`` is
+        plausible) was handed to the producer."""
 
     @abstractmethod
     def alert_acknowledged(self, event_ts: float) -> None:
-        """The broker acknowledged that alert."""
+        """The broker acknowledged such an alert."""
 
     # --- around each batch ------------------------------------------------------------
     @abstractmethod

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from worker.contract.messages import SourceMessage
-from worker.core.alerts import Alert
+from worker.core.alerts import MILLISECONDS_LIKELY, Alert, event_time_outside
 from worker.core.deadletters import DeadLetter, build_dead_letter
 from worker.delivery.exceptions import DeliveryError
 from worker.kafka.ports import OnDelivery, Producer
@@ -120,23 +120,49 @@ class Outputs:
         self.alert_topic, self.dlq_topic = alert_topic, dlq_topic
         self.max_record_bytes = max_record_bytes
         self._dead_letter_log = Throttle(LOG_INTERVAL_SECONDS, clock)
+        self._event_time_log = Throttle(LOG_INTERVAL_SECONDS, clock)
 
     def alerts(self, alerts: Sequence[Alert], sources: Sequence[SourceMessage]) -> None:
-        """Send each alert; one too large to produce dead-letters its record instead."""
+        """Send each alert; one too large to produce dead-letters its record instead.
+
+        The latency of an alert whose event time is implausible (more than a day old, or
+        minutes ahead) is not measured: it is counted, and said once per interval.
+        """
         sent = 0
+        now = time.time()
         for alert, source in zip(alerts, sources, strict=True):
             size = len(alert.key) + len(alert.value)
             if size > self.max_record_bytes:
                 # A huge id or entity: the alert cannot be produced, its record is dead-lettered.
                 self.dead_letter(source, "alert_too_large", f"the alert would be {size} bytes")
                 continue
-            self._send(
-                self.alert_topic, alert.key, alert.value, None, self._alert_watcher(alert, source)
-            )
-            self.guarantee.alert_sent(alert.event_ts)
+            measured = self._plausible(alert.event_ts, now, source)
+            watcher = self._alert_watcher(alert, source, measured)
+            self._send(self.alert_topic, alert.key, alert.value, None, watcher)
+            if measured:
+                self.guarantee.alert_sent(alert.event_ts)
             sent += 1
             logger.debug("alert for %s", location(source))
         self.metrics.alerts.inc(sent)
+
+    def _plausible(self, event_ts: float, now: float, source: SourceMessage) -> bool:
+        side = event_time_outside(event_ts, now)
+        if side is None:
+            return True
+        self.metrics.event_time_outside_range.labels(side=side).inc()
+        held = self._event_time_log.allow(side)
+        if held is not None:
+            hint = " (milliseconds sent as seconds?)" if event_ts > MILLISECONDS_LIKELY else ""
+            more = f"; {held} more since the last line" if held else ""
+            logger.warning(
+                "event time of %s is %.0f s in the %s%s: alerted, its latency not measured%s",
+                location(source),
+                abs(now - event_ts),
+                side,
+                hint,
+                more,
+            )
+        return False
 
     def dead_letter(self, source: SourceMessage, reason: str, detail: str) -> None:
         letter = build_dead_letter(source, reason, detail, self.max_record_bytes)
@@ -168,15 +194,15 @@ class Outputs:
         self.guarantee.before_send()
         self.producer.send(topic, key, value, headers, on_delivery)
 
-    def _alert_watcher(self, alert: Alert, source: SourceMessage) -> OnDelivery:
+    def _alert_watcher(self, alert: Alert, source: SourceMessage, measured: bool) -> OnDelivery:
         refused = self.failures.watcher(location(source))
         acknowledged = self.guarantee.alert_acknowledged
         event_ts = alert.event_ts
 
         def delivered(error: BaseException | None) -> None:
-            if error is None:
-                acknowledged(event_ts)
-            else:
+            if error is not None:
                 refused(error)
+            elif measured:
+                acknowledged(event_ts)
 
         return delivered

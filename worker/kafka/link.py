@@ -1,8 +1,16 @@
-"""The broker link as the loop sees it: an outage said once, ``/readyz``, a capped backoff.
+"""The broker link as the loop sees it: an outage said once, ``/readyz``, a capped backoff,
+and the group membership after a pause.
 
 Faults that are not the records' fault (a broker or network outage while polling or
 committing) are ridden out: the first one logs a line and makes ``/readyz`` answer 503,
 the loop backs off (doubling, capped), and the first sign of life logs how long it lasted.
+
+A process that did not poll for longer than the session timeout (paused: SIGSTOP, a frozen
+VM, a long GC; or starved) has probably been evicted from the group, and its batch in hand
+and the client's buffer hold records of partitions another worker now owns. Processing them
+would repeat their alerts. So the batch is *held* until the group says: a rebalance
+callback (partitions revoked, lost or assigned), or, if none comes, a session timeout
+after the worker woke up with the coordinator answering.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ class BrokerLink:
         self.problem: str | None = None
         self.backoff_seconds = 0.0
         self._since = 0.0
+        self._polled_at: float | None = None
+        self.held_since: float | None = None  # a pause was noticed; membership unknown
 
     @property
     def down(self) -> bool:
@@ -73,3 +83,43 @@ class BrokerLink:
     def partitions_assigned(self) -> None:
         if self.problem is None:
             self.health.set_ready(True, "ok")
+
+    # --- membership after a pause --------------------------------------------------------
+    def polled(self) -> None:
+        """A poll returned. After a gap longer than the session timeout, hold the batch."""
+        now = self.clock()
+        gap = None if self._polled_at is None else now - self._polled_at
+        self._polled_at = now
+        if gap is None or gap <= self.session_timeout_seconds or self.held_since is not None:
+            return
+        if self.problem is not None:
+            return  # the loop was backing off from a broker outage on purpose
+        self.held_since = now
+        logger.warning(
+            "no poll for %.0fs, longer than the %gs session timeout (the process was paused "
+            "or starved): holding the records in hand and those the client had buffered until "
+            "the group says whether this worker still owns their partitions",
+            gap,
+            self.session_timeout_seconds,
+        )
+
+    def holding(self) -> bool:
+        """Whether the batch must wait: a pause was noticed and the group has not spoken."""
+        if self.held_since is None:
+            return False
+        waited = self.clock() - self.held_since
+        if waited < self.session_timeout_seconds or self.problem is not None:
+            return True
+        logger.info("no rebalance within %.0fs of waking up: still a member, processing", waited)
+        self.held_since = None
+        return False
+
+    def membership_known(self) -> None:
+        """A rebalance callback ran: the client knows which partitions are still this worker's."""
+        if self.held_since is not None:
+            logger.info(
+                "the group answered %.1fs after the pause; the held batch keeps only the "
+                "partitions this worker still owns",
+                self.clock() - self.held_since,
+            )
+        self.held_since = None

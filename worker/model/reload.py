@@ -15,7 +15,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from worker.contract.bundle import METADATA_FILE, read_metadata
 from worker.contract.exceptions import BundleError
+from worker.contract.records import feature_change
 from worker.contract.registry import Registry
 from worker.contract.scoring import Scorer
 
@@ -42,6 +44,8 @@ class ModelWatcher:
         self._seen = serving_version
         self._parked: Scorer | None = None
         self._refused: set[str] = set()  # versions refused (and logged) once already
+        #: Versions refused for their features, and their bundle.json's (mtime, size) then.
+        self._other_features: dict[str, tuple[int, int]] = {}
         self._registry_unreadable = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -66,7 +70,9 @@ class ModelWatcher:
         Never raises: whatever goes wrong (a version pruned mid-load, a permission
         error, a truncated ``bundle.json``, a broken module) refuses that version,
         counted and logged once; it is tried again at the next poll, so a version
-        still being copied in is picked up once it is complete.
+        still being copied in is picked up once it is complete. A version whose features
+        differ from the served model's is refused from its ``bundle.json`` alone and not
+        read again until that file changes.
         """
         try:
             version = self.registry.current()
@@ -79,19 +85,28 @@ class ModelWatcher:
         if version is None or version == self._seen:
             return
         try:
-            scorer = Scorer.load(self.registry.path_of(version), self.device)
-            if scorer.metadata.feature_names != self.feature_names:
+            directory = self.registry.path_of(version)
+            stamp = _stamp(directory / METADATA_FILE)
+            if self._other_features.get(version) == stamp:
+                return  # refused for its features, and unchanged since
+            change = feature_change(self.feature_names, read_metadata(directory).feature_names)
+            if change:
+                self._other_features[version] = stamp
                 raise BundleError(
-                    f"features {list(scorer.metadata.feature_names)[:5]} differ from the served "
-                    f"model's {list(self.feature_names)[:5]}; restart the worker to change features"
+                    f"its features differ from the served model's ({change}); a worker serves "
+                    "one feature schema: promote a model of these features, or restart the "
+                    "workers with the new one once the producers send its features"
                 )
+            scorer = Scorer.load(directory, self.device)
         except Exception as exc:
             reason = str(exc) if isinstance(exc, BundleError) else f"{type(exc).__name__}: {exc}"
             if version not in self._refused:
                 self._refused.add(version)
+                again = "" if version in self._other_features else " (tried again at each poll)"
                 logger.error(
-                    "model %s refused, the current model keeps serving (retried at each poll): %s",
+                    "model %s refused, the current model keeps serving%s: %s",
                     version,
+                    again,
                     reason,
                 )
                 self.on_result("refused", version)
@@ -105,3 +120,9 @@ class ModelWatcher:
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_seconds):
             self.check()
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """A file's (modification time, size): changes when the file is written again."""
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size

@@ -11,10 +11,12 @@ import logging
 from dataclasses import dataclass
 
 from worker.contract.drift import DriftMonitor
-from worker.contract.records import FeatureSchema
+from worker.contract.records import FEATURES_NAMED, DecodedBatch, FeatureSchema
 from worker.contract.scoring import Scorer
 from worker.core.threshold import Threshold
+from worker.model.compatibility import FeatureFit
 from worker.model.reload import ModelWatcher
+from worker.observe.health import HealthState
 from worker.observe.metrics import WorkerMetrics
 
 __all__ = ["DriftWindow", "ServedModel"]
@@ -38,21 +40,37 @@ class ServedModel:
         scorer: Scorer,
         threshold: Threshold,
         metrics: WorkerMetrics,
+        health: HealthState,
         drift: DriftWindow | None,
         watcher: ModelWatcher | None = None,
     ) -> None:
         self.metrics, self.drift_window, self.watcher = metrics, drift, watcher
         self.threshold = threshold
+        self.fit = FeatureFit(health)
         self._serve(scorer)
 
     def _serve(self, scorer: Scorer) -> None:
         self.scorer = scorer
         self.schema = FeatureSchema(scorer.metadata.feature_names)
         self.drift = self._drift_monitor(scorer)  # a new reference: a fresh window
+        self.fit.reset()  # judged anew
         meta = scorer.metadata
         self.metrics.set_model(
             meta.version, self.threshold.value, meta.calibration.expected_alert_rate
         )
+        names = self.schema.names
+        logger.info(
+            "serving model %s: %d features (%s%s), threshold %.6g",
+            meta.version,
+            len(names),
+            ", ".join(names[:FEATURES_NAMED]),
+            " ..." if len(names) > FEATURES_NAMED else "",
+            self.threshold.value,
+        )
+
+    def judge(self, decoded: DecodedBatch) -> None:
+        """What a batch decoded to: does this model still fit the traffic?"""
+        self.fit.batch(self.scorer.metadata.version, self.schema.names, decoded)
 
     def refresh(self) -> None:
         """Serve the newly promoted model, if the watcher has one ready."""

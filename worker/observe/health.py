@@ -15,19 +15,40 @@ logger = logging.getLogger(__name__)
 
 
 class HealthState:
-    """What the main loop tells the probes: a heartbeat and whether it is serving."""
+    """What the main loop tells the probes: a heartbeat and whether it is serving.
+
+    Serving means the lifecycle says so (:meth:`set_ready`: loading, connecting, joined, the
+    broker link) and no standing problem is raised (:meth:`set_problem`, e.g. a model that
+    refuses every record); ``/readyz`` gives the first reason it is not.
+    """
 
     def __init__(self, stall_seconds: float) -> None:
         self.stall_seconds = stall_seconds
-        self.ready = False
-        self.reason = "starting"
+        self._ready = False
+        self._reason = "starting"
+        self._problems: dict[str, str] = {}
         self._beat = time.monotonic()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready and not self._problems
+
+    @property
+    def reason(self) -> str:
+        return next(iter(self._problems.values()), self._reason)
 
     def beat(self) -> None:
         self._beat = time.monotonic()
 
     def set_ready(self, ready: bool, reason: str) -> None:
-        self.ready, self.reason = ready, reason
+        self._ready, self._reason = ready, reason
+
+    def set_problem(self, name: str, problem: str | None) -> None:
+        """Raise (a text) or clear (None) a standing problem named ``name``."""
+        if problem is None:
+            self._problems.pop(name, None)
+        else:
+            self._problems[name] = problem
 
     def alive(self) -> bool:
         return time.monotonic() - self._beat < self.stall_seconds

@@ -8,9 +8,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from worker.contract.drift import DriftMonitor
 from worker.contract.messages import Partition
-from worker.observe.collectors import ArrayHistogram, DriftCollector
+from worker.observe.collectors import OTHER_FEATURES, ArrayHistogram, DriftCollector
 
 __all__ = ["WorkerMetrics"]
+
+#: Ignored named features with a series of their own; the rest share ``feature="_others"``.
+IGNORED_FEATURE_LABELS = 20
 
 BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000)
 INFERENCE_BUCKETS = (
@@ -106,6 +109,13 @@ class WorkerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.event_time_outside_range = Counter(
+            "anomaly_event_time_outside_range",
+            "Alerts whose record's event time is more than a day old or more than 5 minutes "
+            "ahead (side: past, future): alerted, kept out of the latency histogram.",
+            ["side"],
+            registry=r,
+        )
         self.score_ratio = ArrayHistogram(
             "anomaly_score_ratio",
             "Score divided by the threshold (above 1 alerts), per scored record.",
@@ -148,7 +158,16 @@ class WorkerMetrics:
         self.ready = Gauge(
             "anomaly_ready", "1 when connected to the broker and serving, else 0.", registry=r
         )
+        self.features_ignored_total = Counter(
+            "anomaly_features_ignored",
+            "Named features in records that the model does not have, ignored "
+            "(ANOMALY_UNKNOWN_FEATURES=ignore); the first 20 names have their own series, the "
+            'rest share feature="_others".',
+            ["feature"],
+            registry=r,
+        )
         self._lag_labelled: set[Partition] = set()
+        self._ignored_labelled: set[str] = set()
 
     def track_drift(
         self,
@@ -175,3 +194,16 @@ class WorkerMetrics:
         for partition in set(partitions) & self._lag_labelled:
             self.consumer_lag.remove(str(partition[1]))
         self._lag_labelled -= set(partitions)
+
+    def features_ignored(self, counts: dict[str, int]) -> list[str]:
+        """Count ignored named features; returns the names seen for the first time."""
+        first_seen = []
+        for name, n in counts.items():
+            if name not in self._ignored_labelled and len(self._ignored_labelled) < (
+                IGNORED_FEATURE_LABELS
+            ):
+                self._ignored_labelled.add(name)
+                first_seen.append(name)
+            label = name if name in self._ignored_labelled else OTHER_FEATURES
+            self.features_ignored_total.labels(feature=label).inc(n)
+        return first_seen

@@ -70,6 +70,79 @@ def test_every_malformed_value_is_refused_with_its_reason(value, reason):
     assert batch.features.shape == (2, 4)
 
 
+HUGE = b"9" * 400  # a 400-digit integer: no float holds it
+
+
+@pytest.mark.parametrize(
+    ("value", "reason", "named"),
+    [
+        (b'{"features": [1, 2, 3, 4], "ts": ' + HUGE + b"}", "invalid_field", "'ts'"),
+        (b'{"features": [1, 2, 3, 4], "ts": -' + HUGE + b"}", "invalid_field", "'ts'"),
+        (b'{"features": [1, 2, ' + HUGE + b", 4]}", "non_finite", "[2]"),
+        (
+            b'{"features": {"cpu": 1, "mem": 2, "disk": 3, "net": ' + HUGE + b"}}",
+            "non_finite",
+            "net",
+        ),
+        (b'{"features": [1, 2, 3, 4], "id": ' + HUGE + b"}", "invalid_field", "'id'"),
+        (b'{"features": [1, 2, 3, 4], "entity": ' + HUGE + b"}", "invalid_field", "'entity'"),
+        (b'{"features": [1, 2, 3, 4], "id": "\\ud800"}', "invalid_unicode", "$.id"),
+        (b'{"features": [1, 2, 3, 4], "x": ["\\udfff"]}', "invalid_unicode", "$.x[0]"),
+    ],
+)
+def test_huge_integers_and_lone_surrogates_are_refused_naming_the_field(value, reason, named):
+    """A 400-digit ``ts`` once raised OverflowError out of the decoder: a crash loop."""
+    batch = decode([record([0, 0, 0, 0]), value])
+    assert [(i.position, i.reason) for i in batch.invalid] == [(1, reason)]
+    assert named in batch.invalid[0].detail, batch.invalid[0].detail
+
+
+@pytest.mark.parametrize("label", ["yes", 0.5, [1], {"a": 1}, -1, 10**400])
+def test_a_label_of_any_type_never_keeps_a_record_from_being_scored(label):
+    from worker.contract.records import labelled_anomaly
+
+    value = (
+        b'{"features": [1, 2, 3, 4], "label": ' + HUGE + b"}"
+        if label == 10**400
+        else record([1, 2, 3, 4], label=label)
+    )
+    batch = decode([value])
+    assert batch.invalid == [] and batch.positions.tolist() == [0]
+    expected = True if isinstance(label, int) else None  # training leaves the others out
+    assert labelled_anomaly(batch.records[0]) is expected
+
+
+def test_a_leading_byte_order_mark_is_ignored_as_rfc_8259_allows():
+    batch = decode([b"\xef\xbb\xbf" + record([1, 2, 3, 4], id="bom")])
+    assert batch.invalid == [] and batch.records[0].id == "bom"
+    assert decode([b"\xef\xbb\xbf\xef\xbb\xbf" + record([1, 2, 3, 4])]).invalid[0].reason == (
+        "invalid_json"  # one mark is tolerated, not two
+    )
+
+
+def test_duplicate_keys_the_last_one_wins_as_in_javascript_and_python():
+    values = [
+        b'{"features": [9, 9, 9, 9], "features": [1, 2, 3, 4]}',
+        b'{"features": {"cpu": 9, "cpu": 1, "mem": 2, "disk": 3, "net": 4}}',
+    ]
+    batch = decode(values)
+    assert batch.invalid == []
+    np.testing.assert_array_equal(batch.features, [[1, 2, 3, 4], [1, 2, 3, 4]])
+
+
+def test_named_features_the_model_lacks_are_ignored_and_counted_when_asked():
+    extra = record({"cpu": 1, "mem": 2, "disk": 3, "net": 4, "gpu": 5, "fan": 6})
+    missing = record({"cpu": 1, "mem": 2, "disk": 3, "gpu": 5})
+    strict = decode_batch([extra, missing], SCHEMA, 10_000)
+    # Strict (today's behaviour): a name the model lacks is the reason, first.
+    assert [i.reason for i in strict.invalid] == ["unknown_feature", "unknown_feature"]
+    lenient = decode_batch([extra, missing, extra], SCHEMA, 10_000, ignore_unknown=True)
+    assert lenient.positions.tolist() == [0, 2]
+    assert [i.reason for i in lenient.invalid] == ["missing_feature"]  # still a dead letter
+    np.testing.assert_array_equal(lenient.features, [[1, 2, 3, 4], [1, 2, 3, 4]])
+    assert lenient.ignored_features == {"gpu": 2, "fan": 2}
+
+
 def test_refusals_keep_the_rest_of_the_batch_aligned():
     values = [record([i, i, i, i], id=str(i)) if i % 3 else b"bad" for i in range(10)]
     batch = decode(values)
@@ -188,8 +261,13 @@ def hostile_values() -> st.SearchStrategy[bytes]:
         lambda f: b'{"features": ' + f[0] + b', "features": ' + f[1] + b', "id": "a", "id": 3}'
     )
     field = st.one_of(number, text, odd_text, st.just(b"null"), st.just(b"true"), features)
-    shaped = st.tuples(features, field, field, field).map(
-        lambda p: b'{"features": %s, "id": %s, "ts": %s, "entity": %s}' % p
+    # Mostly scoreable features, so that every other field is reached (a valid record with a
+    # huge integer in one field is what crashed the decoder once).
+    good_features = st.lists(number, min_size=4, max_size=4).map(
+        lambda xs: b"[" + b",".join(xs) + b"]"
+    )
+    shaped = st.tuples(st.one_of(features, good_features), field, field, field, field).map(
+        lambda p: b'{"features": %s, "id": %s, "ts": %s, "entity": %s, "label": %s}' % p
     )
     return st.one_of(
         st.binary(max_size=200),
@@ -212,13 +290,23 @@ def test_hostile_input_decodes_or_is_refused_with_a_documented_reason(values):
     """No exception escapes decode_batch, and what it accepts can be alerted on."""
     from worker.contract.messages import Message
     from worker.contract.records import event_time, record_id
+    from worker.core.alerts import AlertContext, build_alerts
 
     batch = decode(values, max_bytes=1 << 20)
     refused = [i.position for i in batch.invalid]
     assert sorted(refused + batch.positions.tolist()) == list(range(len(values)))
     assert all(i.reason in REASONS and i.detail for i in batch.invalid)
     assert np.isfinite(batch.features).all()
-    for rec, position in zip(batch.records, batch.positions.tolist(), strict=True):
-        message = Message("t", 0, position, 0, None, values[position])
+    messages = [Message("t", 0, p, 0, None, values[p]) for p in batch.positions.tolist()]
+    for rec, message in zip(batch.records, messages, strict=True):
         assert math.isfinite(event_time(rec, message))
-        record_id(rec, message).encode("utf-8")
+        record_id(rec, message).encode("utf-8")  # keys and ids are Unicode text
+    n = len(batch.records)
+    context = AlertContext(NAMES, 1.0, "v", 2, 0.0)
+    scores = np.ones(n)
+    alerts = build_alerts(
+        context, batch.records, messages, scores, batch.features, np.ones((n, 4)), batch.features
+    )
+    assert [json.loads(a.value)["id"] for a in alerts] == [
+        record_id(r, m) for r, m in zip(batch.records, messages, strict=True)
+    ]

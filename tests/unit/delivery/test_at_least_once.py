@@ -3,6 +3,7 @@ offsets are committed."""
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -179,3 +180,98 @@ def test_dead_letters_log_one_line_per_reason_per_interval_and_count_every_one(t
     pipeline.process(later, [m.value for m in later])
     last = [r.getMessage() for r in caplog.records if "dead letter" in r.getMessage()][-1]
     assert last.startswith("dead letter in[0]@200: invalid_json") and "99 more invalid_json" in last
+
+
+def test_alerts_of_implausible_event_times_are_sent_but_kept_out_of_the_latency(tmp_path, caplog):
+    """A 1970 or year-1 ts once added 1.8e9 or 6.4e10 s to the latency histogram's sum, and
+    milliseconds sent as seconds went unnoticed."""
+    now = time.time()
+    batch = chunk(
+        messages(
+            0,
+            [
+                record([5, 5, 5, 5], id="now", ts=now),
+                record([5, 5, 5, 5], id="1970", ts=0),
+                record([5, 5, 5, 5], id="year-1", ts="0001-01-01T00:00:00Z"),
+                record([5, 5, 5, 5], id="ms", ts=now * 1000),
+            ],
+        )
+    )
+    pipeline, _consumer, producer, _ = make_pipeline(tmp_path, [batch])
+    run_once(pipeline)
+    assert sorted(json.loads(s[2])["id"] for s in producer.sent) == ["1970", "ms", "now", "year-1"]
+    sample = pipeline.metrics.registry.get_sample_value
+    assert sample("anomaly_end_to_end_latency_seconds_count") == 1
+    assert sample("anomaly_end_to_end_latency_seconds_sum") < 60
+    assert sample("anomaly_event_time_outside_range_total", {"side": "past"}) == 2
+    assert sample("anomaly_event_time_outside_range_total", {"side": "future"}) == 1
+    lines = [r.getMessage() for r in caplog.records if "event time of" in r.getMessage()]
+    assert any("in the future (milliseconds sent as seconds?)" in line for line in lines), lines
+    assert any("in[0]@1" in line and "in the past" in line for line in lines), lines
+
+
+class PausingConsumer(FlakyConsumer):
+    """Scripted chunks; before the chunk at ``pause_before``, the clock jumps (a SIGSTOP)."""
+
+    def __init__(self, log, batches, clock, pause_before, seconds):
+        super().__init__(log, batches, [])
+        self.clock, self.pause_before, self.seconds, self.polls = clock, pause_before, seconds, 0
+
+    def poll(self, timeout, max_records):
+        self.polls += 1
+        if self.polls == self.pause_before:
+            self.clock[0] += self.seconds
+        else:
+            self.clock[0] += 0.05
+        return super().poll(timeout, max_records)
+
+
+def test_a_batch_polled_after_a_pause_longer_than_the_session_is_held_until_the_group_speaks(
+    tmp_path, caplog
+):
+    """SIGSTOP for 40 s with a second worker in the group: the records the client had
+    buffered belong to the other worker by now; they must not be scored here (they were:
+    248 duplicate alerts of 988)."""
+    now = [0.0]
+    first = chunk(messages(0, [record([5, 5, 5, 5], id="before")]))
+    buffered = chunk(messages(1, [record([5, 5, 5, 5], id=f"buffered{i}") for i in range(5)]))
+    pipeline, consumer, producer, _ = make_pipeline(
+        tmp_path,
+        [],
+        consumer=lambda log: PausingConsumer(log, [first, None, buffered], now, 3, 40.0),
+        clock=lambda: now[0],
+        commit_interval_seconds=0.01,
+    )
+    stop = threading.Event()
+    for _ in range(4):  # loop passes: the first batch, the pause, then polls while holding
+        pipeline._collect(stop)
+        pipeline._process_batch()
+    assert [json.loads(s[2])["id"] for s in producer.sent] == ["before"]  # held
+    assert len(pipeline.batch) == 5
+    assert any("holding the records in hand" in r.getMessage() for r in caplog.records)
+    consumer.hooks.lost({("in", 1)})  # the client rejoins: partition 1 is another's now
+    assert len(pipeline.batch) == 0 and not pipeline.link.holding()
+    pipeline._process_batch()
+    assert [json.loads(s[2])["id"] for s in producer.sent] == ["before"]
+
+
+def test_without_a_rebalance_the_held_batch_is_processed_a_session_later(tmp_path):
+    now = [0.0]
+    buffered = chunk(messages(1, [record([5, 5, 5, 5], id="kept")]))
+    pipeline, _consumer, producer, _ = make_pipeline(
+        tmp_path,
+        [],
+        consumer=lambda log: PausingConsumer(
+            log, [chunk(messages(0, [record([0, 0, 0, 0])])), None, buffered], now, 3, 40.0
+        ),
+        clock=lambda: now[0],
+    )
+    stop = threading.Event()
+    pipeline._collect(stop)
+    pipeline._process_batch()
+    pipeline._collect(stop)
+    pipeline._process_batch()
+    assert producer.sent == [] and len(pipeline.batch) == 1  # held
+    now[0] += pipeline.link.session_timeout_seconds  # no rebalance came: still a member
+    pipeline._process_batch()
+    assert [json.loads(s[2])["id"] for s in producer.sent] == ["kept"]

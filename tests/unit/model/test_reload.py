@@ -116,3 +116,36 @@ def test_the_watcher_survives_any_fault_counts_it_once_and_retries(
     finally:
         watcher.stop()
     assert parked is not None and parked.metadata.version == "v3"
+
+
+def test_a_model_of_other_features_is_refused_saying_how_and_not_reloaded_each_poll(
+    tmp_path, monkeypatch, caplog
+):
+    """6 features promoted (with --force) while 8 are served: the refusal names every
+    difference, and the version is not loaded again at each poll."""
+    eight = tuple(f"m{i}" for i in range(8))
+    six = ("m0", "m1", "m4", "m5", "m6", "extra")
+    registry = registry_with(tmp_path, "v1", names=eight)
+    registry.add("v6", lambda d: write_distance_bundle(d, names=six, version="v6"))
+    registry.set_current("v1", "test")
+    served = Scorer.load(registry.path_of("v1"), "cpu")
+    loads = []
+    real = Scorer.load.__func__
+    monkeypatch.setattr(
+        Scorer, "load", classmethod(lambda cls, d, device="auto": loads.append(d) or real(cls, d))
+    )
+    results = []
+    watcher = ModelWatcher(registry.root, served, "v1", "cpu", 60, lambda r, v: results.append(r))
+    registry.set_current("v6", "test")
+    for _ in range(5):
+        watcher.check()
+    assert loads == [] and results == ["refused"] and watcher.take() is None
+    (line,) = [r.getMessage() for r in caplog.records if "model v6 refused" in r.getMessage()]
+    assert "8 -> 6 features: removed m2, m3, m7; added extra" in line, line
+    # The version's bundle.json rewritten (here: the same features again) is looked at anew.
+    time.sleep(0.01)
+    (registry.path_of("v6") / "bundle.json").write_text(
+        (registry.path_of("v6") / "bundle.json").read_text()
+    )
+    watcher.check()
+    assert loads == [] and results == ["refused"]  # still refused, still logged once

@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[3]
 SUFFIXES = ("", "_total", "_bucket", "_sum", "_count", "_created")
 
 
-def exported_names():
-    """Every metric a serving worker exports (the drift ones once its window has records)."""
+def metrics_families():
+    """Every metric family a serving worker exports (the drift ones once its window has
+    records)."""
     import numpy as np
 
     from training.reference import build_reference
@@ -24,10 +25,12 @@ def exported_names():
     monitor = DriftMonitor.from_reference(build_reference(X, X[:, 0]), 100, 60)
     monitor.observe(X, X[:, 0])
     metrics.track_drift(lambda: (monitor, ["a", "b"]), 10)
-    names = set()
-    for family in metrics.registry.collect():
-        names.update(family.name + suffix for suffix in SUFFIXES)
-    return names
+    return list(metrics.registry.collect())
+
+
+def exported_names():
+    """Every sample name a serving worker exports."""
+    return {family.name + suffix for family in metrics_families() for suffix in SUFFIXES}
 
 
 def metric_names(expr):
@@ -59,3 +62,16 @@ def test_dashboard_uses_exported_metrics_and_covers_the_pipeline():
         "anomaly_score_drift",
     ):
         assert needed in used, needed
+
+
+def test_the_readme_lists_every_exported_metric_and_no_other():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Metrics and probes") : readme.index("## Drift")]
+    listed = {
+        re.sub(r"\{.*", "", name) for name in re.findall(r"^\| `(anomaly_[^`]+)` \|", table, re.M)
+    }
+    exported = set()
+    for family in metrics_families():
+        suffix = "_total" if family.type == "counter" else ""
+        exported.add(family.name + suffix)
+    assert listed == exported, (sorted(listed - exported), sorted(exported - listed))

@@ -94,6 +94,19 @@ def test_csv_and_jsonl_inputs(tmp_path):
     assert table.feature_names == ("cpu", "mem")
     np.testing.assert_array_equal(table.X, [[1, 2], [3, 4]])
     assert table.dropped == {"wrong_feature_count": 1, "not_an_object": 1}
+    assert table.y is None
+    # A record's label says it is a known anomaly (left out of training); an unreadable
+    # label ("yes") leaves the row out too, counted.
+    lines = [
+        {"features": [1, 2], "label": 0},
+        {"features": [3, 4], "label": True},
+        {"features": [5, 6], "label": "yes"},
+        {"features": [7, 8]},
+    ]
+    jsonl.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    table = load_table(jsonl)
+    np.testing.assert_array_equal(table.X, [[1, 2], [3, 4], [7, 8]])
+    assert table.y.tolist() == [0, 1, 0] and table.dropped == {"invalid_label": 1}
 
 
 @pytest.mark.parametrize(

@@ -280,6 +280,31 @@ def test_gate_refuses_unloadable_and_incompatible_candidates(tmp_path):
         promote(registry, broken, None, GateConfig(), force=True)
 
 
+def test_a_feature_change_is_promoted_only_when_asked_even_with_force(tmp_path, capsys):
+    """8 features served, 6 promoted with --force: refused (exit 3) unless
+    --allow-feature-change; the refusal names what changed."""
+    registry = WritableRegistry.create(tmp_path / "registry")
+    first = candidate(registry, correlated(2000))
+    promote(registry, first, None, GateConfig(), force=True)
+    X = correlated(2000)
+    fewer = register(registry, Table(X[:, :3], NAMES[:3]), QUICK)
+    args = ["models", "promote", fewer, "--registry", str(registry.root), "--force"]
+    assert train_main(args) == 3
+    out = capsys.readouterr().out
+    assert f"{fewer}: rejected" in out and "4 -> 3 features: removed d" in out, out
+    assert "--allow-feature-change" in out and registry.current() == first
+    assert registry.status(fewer)["state"] == "rejected"
+    assert train_main([*args, "--allow-feature-change"]) == 0
+    assert registry.current() == fewer
+    # Gated rather than forced: judged on its own (the models' errors cannot be compared).
+    np.savez(tmp_path / "sample.npz", X=correlated(3000, seed=5))
+    back = register(registry, Table(X, NAMES), QUICK)
+    gated = ["models", "promote", back, "--registry", str(registry.root)]
+    gated += ["--sample", str(tmp_path / "sample.npz"), "--allow-feature-change"]
+    assert train_main(gated) == 0, capsys.readouterr().out
+    assert registry.status(back)["measurements"]["feature_change"] == "3 -> 4 features: added d"
+
+
 def test_rollback_and_prune(tmp_path):
     registry = WritableRegistry.create(tmp_path / "registry")
     versions = [candidate(registry, correlated(500, seed=i)) for i in range(5)]
