@@ -56,6 +56,11 @@ class FakeProducer:
             on_delivery(self.fail_with)
         self._pending = []
 
+    def renew(self):
+        """A new producer: what was in flight is gone with the old one; the new one works."""
+        self.log.append("renew")
+        self._pending, self.fail_with = [], None
+
 
 class TransactionalProducer(FakeProducer):
     """A transactional transport producer; ``outcomes`` scripts what each commit call does."""
@@ -128,6 +133,15 @@ class FakeConsumer:
 
     def link_age(self):
         return None
+
+    topic_ids: dict = {}  # topic -> id, as the client's metadata says (none: it does not tell)
+    resets: list = []
+
+    def topic_id(self, topic):
+        return self.topic_ids.get(topic)
+
+    def reset_positions(self, partitions):
+        self.resets = [*self.resets, sorted(partitions)]
 
     def revoke(self, partitions):
         """What both drivers do when partitions move: the one commit-on-revoke path."""

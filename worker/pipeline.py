@@ -97,6 +97,7 @@ class Pipeline:
                 if due or caught_up:
                     self.commit()
                 self._update_lag()
+                self._watch_topic()
                 self.link.follow(self.consumer.link_age(), bool(self.assigned))
                 self.health.beat()
                 if self.link.down:
@@ -188,6 +189,32 @@ class Pipeline:
             if high is not None and position is not None:
                 self.metrics.set_lag(partition, max(high - position, 0))
 
+    def _watch_topic(self) -> None:
+        """The input topic deleted and created again (a new topic id): its old positions mean
+        nothing in the new one (resuming there skipped its first records)."""
+        topic = self.config.input_topic
+        changed = self.link.topic_changed(self.consumer.topic_id(topic))
+        if changed is None:
+            return
+        partitions = {p for p in self.assigned if p[0] == topic}
+        dropped = self.batch.drop(partitions, self._partition_of)
+        self.committer.forget(partitions)
+        self.consumer.reset_positions(partitions)
+        self.metrics.input_topic_recreated.inc()
+        logger.warning(
+            "input topic %s was deleted and created again (topic id %s -> %s): partitions %s "
+            "are read again from where ANOMALY_AUTO_OFFSET_RESET says; %d records of the old "
+            "topic in hand dropped",
+            topic,
+            *changed,
+            sorted(p[1] for p in partitions),
+            dropped,
+        )
+
+    def _partition_of(self, message: Any) -> Partition:
+        source = self.consumer.source_of(message)
+        return source.topic, source.partition
+
     # --- one batch --------------------------------------------------------------------
     def process(self, messages: Sequence[Any], values: Sequence[bytes | None]) -> None:
         """Decode, score and produce the outputs of one batch (offsets are the caller's).
@@ -201,8 +228,6 @@ class Pipeline:
         decoded = decode_batch(
             values, model.schema, self.config.max_record_bytes, self.config.ignore_unknown_features
         )
-        if decoded.ignored_features:
-            self._ignored_features(decoded.ignored_features)
         source_of = self.consumer.source_of
         for bad in decoded.invalid:
             self.outputs.dead_letter(source_of(messages[bad.position]), bad.reason, bad.detail)
@@ -238,17 +263,6 @@ class Pipeline:
                 self.outputs.alerts(alerts, sources)
         m.batch_duration.observe(time.perf_counter() - started)
         m.last_processed.set(time.time())
-
-    def _ignored_features(self, counts: dict[str, int]) -> None:
-        first_seen = self.metrics.features_ignored(counts)
-        if first_seen:
-            logger.warning(
-                "records carry named features model %s does not have: %s; they are ignored "
-                "and the records scored (ANOMALY_UNKNOWN_FEATURES=refuse dead-letters them); "
-                "retrain to use them",
-                self.model.scorer.metadata.version,
-                first_seen,
-            )
 
     def _undecodable(self, exc: UndecodableError) -> None:
         """The client cannot decode a batch: stop naming it, or step past it and dead-letter it."""
@@ -313,25 +327,9 @@ class Pipeline:
             )
 
     def _drop_records_of(self, partitions: set[Partition]) -> None:
-        if not self.batch or not partitions:
-            return
-        messages, values, last = self.batch.take()
-        source_of = self.consumer.source_of
-        kept = [
-            i
-            for i, source in enumerate(map(source_of, messages))
-            if (source.topic, source.partition) not in partitions
-        ]
-        self.batch.add(
-            [messages[i] for i in kept],
-            [values[i] for i in kept],
-            {p: o for p, o in last.items() if p not in partitions},
-        )
-        if len(kept) < len(messages):
-            logger.info(
-                "dropped %d records of partitions this worker no longer owns",
-                len(messages) - len(kept),
-            )
+        dropped = self.batch.drop(partitions, self._partition_of)
+        if dropped:
+            logger.info("dropped %d records of partitions this worker no longer owns", dropped)
 
     def on_assigned(self, assigned: set[Partition]) -> None:
         self.link.membership_known()

@@ -98,5 +98,24 @@ class MicroBatch:
         self.window.reset()
         return taken
 
+    def drop(self, partitions: set[Partition], partition_of: Callable[[Any], Partition]) -> int:
+        """Leave out the records of ``partitions`` (``partition_of`` reads a record's); how many.
+
+        >>> batch = MicroBatch(BatchWindow(max_records=10, max_wait_seconds=1.0))
+        >>> batch.add([("in", 0), ("in", 1), ("in", 0)], [b"a", b"b", b"c"], {("in", 0): 7})
+        >>> batch.drop({("in", 0)}, lambda record: record), batch.take()
+        (2, ([('in', 1)], [b'b'], {}))
+        """
+        if not self._values or not partitions:
+            return 0
+        messages, values, last = self.take()
+        kept = [i for i, m in enumerate(messages) if partition_of(m) not in partitions]
+        self.add(
+            [messages[i] for i in kept],
+            [values[i] for i in kept],
+            {p: o for p, o in last.items() if p not in partitions},
+        )
+        return len(messages) - len(kept)
+
     def __len__(self) -> int:
         return len(self._values)

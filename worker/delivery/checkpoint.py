@@ -36,10 +36,17 @@ from worker.core.offsets import OffsetTracker
 from worker.delivery.exceptions import DeliveryError
 from worker.delivery.outputs import DeliveryFailures
 from worker.kafka.link import BrokerLink
-from worker.kafka.ports import CommitRejected, Consumer, Producer, TransientError, TransportError
+from worker.kafka.ports import (
+    CommitRejected,
+    Consumer,
+    Producer,
+    ProducerStateLost,
+    TransientError,
+    TransportError,
+)
 from worker.observe.metrics import WorkerMetrics
 
-__all__ = ["COMMIT_TIMEOUT_SECONDS", "AtLeastOnce", "Committer"]
+__all__ = ["COMMIT_TIMEOUT_SECONDS", "MAX_RENEWALS_IN_A_ROW", "AtLeastOnce", "Committer"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +54,8 @@ logger = logging.getLogger(__name__)
 COMMIT_TIMEOUT_SECONDS = 10.0
 #: Longest wait for the producer at an interval commit; what is not flushed waits for the next.
 FLUSH_SLICE_SECONDS = 5.0
+#: A new producer forgotten this many times in a row, nothing committed: stop (exit 1).
+MAX_RENEWALS_IN_A_ROW = 5
 
 
 class Committer(ABC):
@@ -90,9 +99,19 @@ class Committer(ABC):
         """The broker acknowledged such an alert."""
 
     # --- around each batch ------------------------------------------------------------
-    @abstractmethod
     def processing(self, messages: Sequence[Any], last: dict[Partition, int]) -> None:
-        """A batch is about to be processed."""
+        """A batch is about to be processed: note the first offset processed of each partition
+        new to the tracker, where its records are read again from when it has no committed
+        offset yet (once per assignment)."""
+        missing = {p for p in last if not self.offsets.started(p)}
+        for message in messages if missing else ():
+            source = self.consumer.source_of(message)
+            partition = (source.topic, source.partition)
+            if partition in missing:
+                self.offsets.start(partition, source.offset)
+                missing.discard(partition)
+                if not missing:
+                    break
 
     def processed(self, last: dict[Partition, int]) -> None:
         """Every record of each partition up to ``last[partition]`` is processed."""
@@ -138,6 +157,8 @@ class Committer(ABC):
 class AtLeastOnce(Committer):
     """Flush, then commit what the broker acknowledged (the module docstring's protocol)."""
 
+    _renewals_in_a_row = 0  # producers renewed since the last commit
+
     def before_send(self) -> None:
         pass  # outputs go out as they come; the commit waits for their acknowledgements
 
@@ -147,9 +168,6 @@ class AtLeastOnce(Committer):
     def alert_acknowledged(self, event_ts: float) -> None:
         """An alert is readable once the broker has acknowledged it."""
         self.metrics.end_to_end_latency.observe(max(time.time() - event_ts, 0.0))
-
-    def processing(self, messages: Sequence[Any], last: dict[Partition, int]) -> None:
-        pass  # a restart re-reads from the committed offsets: no rewind point to note
 
     def lost(self) -> None:
         pass  # nothing is open: what was not committed, the new owner re-reads
@@ -170,10 +188,51 @@ class AtLeastOnce(Committer):
                 self.link.trouble(str(exc))
             return
         self.committed(offsets)
+        self._renewals_in_a_row = 0
         self.link.ok()  # the broker answered
 
     def prepare_revoke(self) -> dict[Partition, int]:
         return self._offsets_after_flush(final=False)
+
+    def _delivered(self) -> bool:
+        """Whether every output handed over so far is still on its way or acknowledged.
+
+        An output the broker refused raises DeliveryError (and abandons), except when the
+        broker forgot the producer (:class:`ProducerStateLost`): then the producer is renewed,
+        the records since the last commit are read again (their outputs were lost in flight),
+        and this commit point commits nothing.
+        """
+        failures = self.failures.snapshot()
+        if not failures:
+            return True
+        if not all(isinstance(f, ProducerStateLost) for f in failures):
+            self._raise_delivery_failures()
+        self._renew_producer(failures)
+        return False
+
+    def _renew_producer(self, failures: list[BaseException]) -> None:
+        self._renewals_in_a_row += 1
+        if self._renewals_in_a_row >= MAX_RENEWALS_IN_A_ROW:
+            self.abandon()
+            raise DeliveryError(
+                f"the broker forgot {MAX_RENEWALS_IN_A_ROW} new producers in a row, none "
+                f"committed ({failures[0]}); offsets not committed"
+            )
+        self.failures.end_epoch()  # what the old producer reports from here on: ignored
+        self.failures.restore([])
+        self.producer.renew()
+        points = self.offsets.rewind()
+        for partition, offset in points.items():
+            self.consumer.seek(partition, offset)
+        self.metrics.producer_renewals.inc()
+        logger.warning(
+            "the broker no longer knows this worker's producer (%s; restarted without its "
+            "data, or the producer id expired): %d output(s) reported lost in flight; a new "
+            "producer is up and %d partition(s) are read again from their last commit",
+            failures[0],
+            len(failures),
+            len(points),
+        )
 
     def _offsets_after_flush(self, final: bool) -> dict[Partition, int]:
         """Flush the producer; the offsets it is now safe to commit (steps 1-2 of the protocol).
@@ -188,10 +247,14 @@ class AtLeastOnce(Committer):
         offsets = self.offsets.to_commit()
         if not offsets:
             return {}
-        self._raise_delivery_failures()  # an output already given up on: stop now
+        if not self._delivered():  # an output already given up on: stop now, or renew
+            return {}
         timeout = self.shutdown_timeout_seconds
         try:
             self.producer.flush(timeout if final else min(timeout, FLUSH_SLICE_SECONDS))
+        except ProducerStateLost as exc:
+            self._renew_producer([exc])
+            return {}
         except TransportError as exc:
             if not final and isinstance(exc, TransientError):
                 self.link.trouble(str(exc))
@@ -201,5 +264,4 @@ class AtLeastOnce(Committer):
                 f"the producer did not deliver the outputs within {timeout:.0f}s ({exc!r}); "
                 "offsets not committed"
             ) from exc
-        self._raise_delivery_failures()
-        return offsets
+        return offsets if self._delivered() else {}

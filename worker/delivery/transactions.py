@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from worker.contract.messages import Partition
@@ -55,20 +54,6 @@ class Transactional(Committer):
 
     def alert_acknowledged(self, event_ts: float) -> None:
         pass  # observed when its transaction commits
-
-    # --- around each batch --------------------------------------------------------------
-    def processing(self, messages: Sequence[Any], last: dict[Partition, int]) -> None:
-        """The first offset processed of each partition new to the tracker: where an aborted
-        transaction re-reads it from when it has no committed offset yet (once per assignment)."""
-        missing = {p for p in last if not self.offsets.started(p)}
-        for message in messages if missing else ():
-            source = self.consumer.source_of(message)
-            partition = (source.topic, source.partition)
-            if partition in missing:
-                self.offsets.start(partition, source.offset)
-                missing.discard(partition)
-                if not missing:
-                    break
 
     # --- commit points -------------------------------------------------------------------
     def commit(self, final: bool = False) -> None:

@@ -251,6 +251,16 @@ class ConfluentConsumer:
     def seek(self, partition: Partition, offset: int) -> None:
         self._consumer.seek(ck.TopicPartition(*partition, offset))
 
+    def topic_id(self, topic: str) -> str | None:
+        return None  # confluent-kafka's metadata carries no topic id
+
+    def reset_positions(self, partitions: set[Partition]) -> None:
+        where = (
+            ck.OFFSET_END if self._config["auto.offset.reset"] == "latest" else ck.OFFSET_BEGINNING
+        )
+        for partition in sorted(partitions):
+            self._consumer.seek(ck.TopicPartition(*partition, where))
+
     def highwater(self, partition: Partition) -> int | None:
         _low, high = self._consumer.get_watermark_offsets(
             ck.TopicPartition(*partition), cached=True

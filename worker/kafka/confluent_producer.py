@@ -20,6 +20,7 @@ from worker.kafka.ports import (
     BrokerUnreachable,
     OnDelivery,
     OutputTopicError,
+    ProducerStateLost,
     TransactionAbortable,
     TransientError,
     TransportError,
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 #: How long a produce call may wait for room in librdkafka's queue.
 MAX_BLOCK_SECONDS = 10.0
+#: Delivery errors that mean the broker no longer knows this idempotent producer.
+_STATE_LOST = {ck.KafkaError.UNKNOWN_PRODUCER_ID, ck.KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER}
 
 
 def producer_config(connection: Connection, options: ProducerOptions) -> dict[str, Any]:
@@ -47,9 +50,18 @@ class ConfluentProducer:
         self._fatal: str | None = None
         self._transactional_id = options.transactional_id or ""
         self._offsets_added = False  # a commit in progress has added its offsets already
-        self._producer = ck.Producer(
-            {**producer_config(connection, options), "error_cb": self._on_error, "logger": logger}
-        )
+        self._lost: str | None = None  # what said the broker forgot this producer
+        self._config = {
+            **producer_config(connection, options),
+            "error_cb": self._on_error,
+            "logger": logger,
+        }
+        if options.transactional_id is None:
+            # librdkafka bumps the epoch of a producer id the broker does not know and retries,
+            # forever where the broker has forgotten it (restarted empty): until each output's
+            # delivery timeout, with nothing reported but its idempotence log lines.
+            self._config.update(debug="eos", logger=_IdempotenceLog(self))
+        self._producer = ck.Producer(self._config)
         metadata(self._producer)
         if options.transactional_id is not None:
             try:
@@ -98,6 +110,10 @@ class ConfluentProducer:
 
     def flush(self, timeout: float) -> None:
         remaining = self._producer.flush(timeout)
+        if remaining and self._lost is not None:
+            raise ProducerStateLost(f"flush: {remaining} output(s) stuck: {self._lost}")
+        if not remaining:
+            self._lost = None  # the broker took the new epoch (KIP-360): nothing was lost
         if self._fatal is not None:
             raise TransportError(f"flush: {self._fatal}")
         if remaining:
@@ -159,12 +175,34 @@ class ConfluentProducer:
             self._offsets_added = False  # a retry (TransientError) resumes the same step
         return error
 
+    def renew(self) -> None:
+        old, self._fatal, self._lost = self._producer, None, None
+        self._producer = ck.Producer(self._config)
+        old.purge()  # what was in flight is lost with the producer's state
+        old.flush(0)
+
     def _classify(self, err: Any, what: str) -> TransportError:
         text = f"{what}: {err.name()}: {err.str()}"
         if err.code() in (ck.KafkaError._FENCED, ck.KafkaError.PRODUCER_FENCED):
             return TransportError(fenced_message(self._transactional_id, text))
+        if err.code() in _STATE_LOST and not self._transactional_id:
+            return ProducerStateLost(text)
         if err.txn_requires_abort():
             return TransactionAbortable(text)
         if err.retriable() and not err.fatal():
             return TransientError(text)
         return TransportError(text)
+
+
+class _IdempotenceLog:
+    """librdkafka's log for a non-transactional producer: forwards every line to the module's
+    logger, and notes the one that says the broker does not know the producer id."""
+
+    def __init__(self, producer: ConfluentProducer) -> None:
+        self.producer = producer
+
+    def log(self, level: int, message: str, *args: Any) -> None:
+        text = message % args if args else message
+        if "UNKPID" in text and "unknown producer id" in text:
+            self.producer._lost = text.split("]: ", 2)[-1][:200]
+        logger.log(level, message, *args)

@@ -63,11 +63,17 @@ def client_config(connection: Connection) -> dict[str, Any]:
     }
 
 
+#: How old the consumer's metadata may get: a recreated input topic shows as a new topic id
+#: in it (the client's default is 5 minutes).
+METADATA_MAX_AGE_MS = 30_000
+
+
 def consumer_config(connection: Connection, options: ConsumerOptions) -> dict[str, Any]:
     return {
         **client_config(connection),
         **kafka_python_config(consumer_choices(options)),
         "max_poll_records": options.batch_max_records,
+        "metadata_max_age_ms": METADATA_MAX_AGE_MS,
     }
 
 
@@ -144,6 +150,17 @@ class KafkaPythonConsumer:
     def highwater(self, partition: Partition) -> int | None:
         high = self._consumer.highwater(_tp(partition))
         return None if high is None else int(high)
+
+    def topic_id(self, topic: str) -> str | None:
+        found = self._consumer._client.cluster.topic_id(topic)  # no public accessor
+        return None if found is None else str(found)
+
+    def reset_positions(self, partitions: set[Partition]) -> None:
+        tps = [_tp(p) for p in sorted(partitions)]
+        if self._config["auto_offset_reset"] == "latest":
+            self._consumer.seek_to_end(*tps)
+        else:
+            self._consumer.seek_to_beginning(*tps)
 
     def link_age(self) -> float | None:
         """Seconds since the group coordinator last answered a heartbeat (None if unknown).

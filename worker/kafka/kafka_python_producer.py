@@ -8,10 +8,13 @@ from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import (
+    InvalidProducerEpochError,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
+    OutOfOrderSequenceNumberError,
     ProducerFencedError,
+    UnknownProducerIdError,
 )
 
 from worker.contract.messages import Partition
@@ -25,6 +28,7 @@ from worker.kafka.options import (
 from worker.kafka.ports import (
     OnDelivery,
     OutputTopicError,
+    ProducerStateLost,
     TransactionAbortable,
     TransientError,
     TransportError,
@@ -37,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 #: How long a produce call may wait for room in the buffer or for topic metadata.
 MAX_BLOCK_MS = 10_000
+#: Delivery errors that mean the broker no longer knows this idempotent producer.
+_STATE_LOST = (UnknownProducerIdError, OutOfOrderSequenceNumberError, InvalidProducerEpochError)
 
 
 def producer_config(connection: Connection, options: ProducerOptions) -> dict[str, Any]:
@@ -61,7 +67,8 @@ class KafkaPythonProducer:
 
     def __init__(self, connection: Connection, options: ProducerOptions) -> None:
         self._transactional_id = options.transactional_id or ""
-        self._producer: KafkaProducer = connect(lambda: self._create(connection, options))
+        self._make = lambda: self._create(connection, options)
+        self._producer: KafkaProducer = connect(self._make)
         self._adding_offsets: Any = None  # the pending results of a commit in progress
         self._ending: Any = None
 
@@ -96,7 +103,22 @@ class KafkaPythonProducer:
     def _delivery_error(self, exc: BaseException) -> BaseException:
         if isinstance(exc, ProducerFencedError):
             return TransportError(fenced_message(self._transactional_id, repr(exc)))
+        if not self._transactional_id and (isinstance(exc, _STATE_LOST) or self._failed()):
+            # Lost by the broker, or the client gave up on it (it cannot get a new producer
+            # id: "Aborting producer batches due to fatal error"): only a new producer sends.
+            return ProducerStateLost(f"delivery: {type(exc).__name__}: {exc}")
         return exc
+
+    def _failed(self) -> bool:
+        manager = getattr(self._producer, "_transaction_manager", None)
+        return manager is not None and manager.has_fatal_error()
+
+    def renew(self) -> None:
+        old, self._producer = self._producer, connect(self._make)
+        try:
+            old.close(timeout=0)
+        except KafkaError as exc:
+            logger.warning("closing the replaced producer: %s: %s", type(exc).__name__, exc)
 
     def flush(self, timeout: float) -> None:
         try:

@@ -46,6 +46,7 @@ class BrokerLink:
         self._since = 0.0
         self._polled_at: float | None = None
         self.held_since: float | None = None  # a pause was noticed; membership unknown
+        self._topic_id: str | None = None
 
     @property
     def down(self) -> bool:
@@ -123,3 +124,12 @@ class BrokerLink:
                 self.clock() - self.held_since,
             )
         self.held_since = None
+
+    # --- the input topic's identity --------------------------------------------------------
+    def topic_changed(self, topic_id: str | None) -> tuple[str, str] | None:
+        """``(old id, new id)`` when the input topic's id changed since it was last seen: it
+        was deleted and created again. None otherwise (or when the client does not tell)."""
+        if topic_id is None or topic_id == self._topic_id:
+            return None
+        old, self._topic_id = self._topic_id, topic_id
+        return None if old is None else (old, topic_id)

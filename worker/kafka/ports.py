@@ -31,6 +31,7 @@ __all__ = [
     "OnDelivery",
     "OutputTopicError",
     "Producer",
+    "ProducerStateLost",
     "RebalanceHooks",
     "TlsError",
     "TransactionAbortable",
@@ -62,6 +63,11 @@ class CommitRejected(TransientError):
 
 class BrokerUnreachable(TransientError):
     """No broker answered while creating a client (at start; retried with backoff)."""
+
+
+class ProducerStateLost(TransportError):
+    """The broker no longer knows this idempotent producer (it restarted without its data, or
+    the producer id expired): outputs in flight are lost, and only a new producer can send."""
 
 
 class TransactionAbortable(TransportError):
@@ -185,6 +191,16 @@ class Consumer(Protocol):
         """The partition's high-water mark as of the last fetch (None before one)."""
         ...
 
+    def topic_id(self, topic: str) -> str | None:
+        """The topic's id (KIP-516) in the client's latest metadata: a topic deleted and
+        created again gets a new one. None when the client does not tell."""
+        ...
+
+    def reset_positions(self, partitions: set[Partition]) -> None:
+        """Read ``partitions`` again from where ``ANOMALY_AUTO_OFFSET_RESET`` says (their
+        beginning or their end), as for a group with no committed offset."""
+        ...
+
     def link_age(self) -> float | None:
         """Seconds since the group coordinator last answered (None: the client cannot tell)."""
         ...
@@ -242,6 +258,11 @@ class Producer(Protocol):
 
     def abort_transaction(self, timeout: float) -> None:
         """Abort the open transaction: read_committed readers never see what it sent."""
+        ...
+
+    def renew(self) -> None:
+        """Replace the client with a new one (a new producer id), dropping what is in flight:
+        after :class:`ProducerStateLost`."""
         ...
 
     def close(self, timeout: float) -> None: ...

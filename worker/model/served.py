@@ -71,6 +71,16 @@ class ServedModel:
     def judge(self, decoded: DecodedBatch) -> None:
         """What a batch decoded to: does this model still fit the traffic?"""
         self.fit.batch(self.scorer.metadata.version, self.schema.names, decoded)
+        if decoded.ignored_features:
+            first_seen = self.metrics.features_ignored(decoded.ignored_features)
+            if first_seen:
+                logger.warning(
+                    "records carry named features model %s does not have: %s; they are "
+                    "ignored and the records scored (ANOMALY_UNKNOWN_FEATURES=refuse "
+                    "dead-letters them); retrain to use them",
+                    self.scorer.metadata.version,
+                    first_seen,
+                )
 
     def refresh(self) -> None:
         """Serve the newly promoted model, if the watcher has one ready."""

@@ -166,6 +166,19 @@ class WorkerMetrics:
             ["feature"],
             registry=r,
         )
+        self.producer_renewals = Counter(
+            "anomaly_producer_renewals",
+            "Times the broker no longer knew the worker's producer (restarted without its data, "
+            "or the producer id expired): a new producer was created and the records since the "
+            "last commit read again.",
+            registry=r,
+        )
+        self.input_topic_recreated = Counter(
+            "anomaly_input_topic_recreated",
+            "Times the input topic was seen deleted and created again (a new topic id); its "
+            "partitions were then read again from ANOMALY_AUTO_OFFSET_RESET's end.",
+            registry=r,
+        )
         self._lag_labelled: set[Partition] = set()
         self._ignored_labelled: set[str] = set()
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.fakes import FlakyConsumer, chunk, make_pipeline, messages, run_once
+from tests.fakes import FlakyConsumer, LogConsumer, chunk, make_pipeline, messages, run_once
 from tests.helpers import record
 from worker.delivery.exceptions import DeliveryError
 from worker.kafka.ports import TransientError, TransportError
@@ -275,3 +275,71 @@ def test_without_a_rebalance_the_held_batch_is_processed_a_session_later(tmp_pat
     now[0] += pipeline.link.session_timeout_seconds  # no rebalance came: still a member
     pipeline._process_batch()
     assert [json.loads(s[2])["id"] for s in producer.sent] == ["kept"]
+
+
+def test_an_input_topic_deleted_and_created_again_is_read_again_from_its_start(tmp_path, caplog):
+    """kafka-python resumed a recreated topic at its old positions: 1,996 of 2,000 new records
+    skipped, silently. A new topic id now resets the partitions per the policy."""
+    old_topic = chunk(messages(0, [record([0, 0, 0, 0])] * 3))
+    held = chunk(messages(1, [record([5, 5, 5, 5], id="old-incarnation")]))
+    pipeline, consumer, producer, _ = make_pipeline(
+        tmp_path, [old_topic, None, held], batch_max_wait_seconds=60
+    )
+    consumer.topic_ids = {"in": "id-1"}
+    stop = threading.Event()
+    pipeline._collect(stop)
+    pipeline._process_batch()
+    pipeline._watch_topic()
+    pipeline._collect(stop)  # a record polled, not processed yet...
+    consumer.topic_ids = {"in": "id-2"}  # ...when the topic is recreated
+    pipeline._watch_topic()
+    assert consumer.resets == [[("in", 0), ("in", 1)]]
+    assert len(pipeline.batch) == 0 and pipeline.committer.offsets.to_commit() == {}
+    sample = pipeline.metrics.registry.get_sample_value
+    assert sample("anomaly_input_topic_recreated_total") == 1
+    (line,) = [r.getMessage() for r in caplog.records if "created again" in r.getMessage()]
+    assert "id-1 -> id-2" in line and "1 records of the old topic in hand dropped" in line
+    pipeline._watch_topic()
+    assert len(consumer.resets) == 1  # once per recreation
+    assert producer.sent == []
+
+
+def test_a_broker_that_forgot_the_producer_gets_a_new_one_and_the_records_read_again(
+    tmp_path, caplog
+):
+    """A broker restarted empty answers UnknownProducerIdError: the worker exited 1, and only
+    a supervisor's restart recovered. Now it renews the producer and re-reads since the last
+    commit: nothing lost, nothing committed past the lost outputs."""
+    from worker.kafka.ports import ProducerStateLost
+
+    records = messages(0, [record([5, 5, 5, 5], id=f"r{i}") for i in range(3)], start=10)
+    pipeline, consumer, producer, log = make_pipeline(
+        tmp_path, [], consumer=lambda log: LogConsumer(log, {("in", 0): records})
+    )
+    producer.fail_with = ProducerStateLost("delivery: UnknownProducerIdError")
+    run_once(pipeline)
+    assert log[:3] == ["flush", "renew", "flush"] and consumer.seeks == [(("in", 0), 10)]
+    assert consumer.commits == [{("in", 0): 13}]  # once the records were scored again
+    alerted = [json.loads(s[2])["id"] for s in producer.sent]
+    assert alerted == ["r0", "r1", "r2"] * 2  # sent again by the new producer
+    sample = pipeline.metrics.registry.get_sample_value
+    assert sample("anomaly_producer_renewals_total") == 1
+    (line,) = [r.getMessage() for r in caplog.records if "no longer knows" in r.getMessage()]
+    assert "3 output(s) reported lost in flight" in line
+    assert "read again from their last commit" in line
+
+
+def test_a_broker_refusing_every_new_producer_stops_the_worker(tmp_path):
+    from worker.delivery.checkpoint import MAX_RENEWALS_IN_A_ROW
+    from worker.kafka.ports import ProducerStateLost
+
+    records = messages(0, [record([5, 5, 5, 5])], start=0)
+    pipeline, consumer, producer, log = make_pipeline(
+        tmp_path, [], consumer=lambda log: LogConsumer(log, {("in", 0): records})
+    )
+    lost = ProducerStateLost("delivery: UnknownProducerIdError")
+    producer.renew = lambda: (log.append("renew"), setattr(producer, "_pending", []))
+    producer.fail_with = lost
+    with pytest.raises(DeliveryError, match=f"{MAX_RENEWALS_IN_A_ROW} new producers in a row"):
+        run_once(pipeline, seconds=3)
+    assert log.count("renew") == MAX_RENEWALS_IN_A_ROW - 1 and consumer.commits == []
