@@ -23,6 +23,7 @@ from training.model import ACTIVATIONS
 from training.promotion import GateConfig
 from training.retrain import KAFKA_TRIM_FRACTION, RetrainConfig
 from worker.contract.exceptions import BundleError
+from worker.contract.recent_threshold import DEFAULT_WARMUP_RECORDS, DEFAULT_WINDOW_RECORDS
 from worker.kafka.settings import describe_validation_error
 from worker.observe.logs import configure_logging
 
@@ -224,6 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--input", type=Path, required=True)
     score.add_argument("--output", type=Path, required=True, help="CSV: row, score, alert")
     score.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+    score.add_argument(
+        "--threshold-mode",
+        choices=["model", "entity_recent"],
+        default="model",
+        help="decide as ANOMALY_THRESHOLD_MODE does: the model's threshold, or each entity "
+        "against its recent scores (rows in time order; an 'entity' column)",
+    )
+    score.add_argument(
+        "--recent-window",
+        type=int,
+        default=DEFAULT_WINDOW_RECORDS,
+        help="entity_recent: ANOMALY_RECENT_WINDOW_RECORDS (%(default)s)",
+    )
+    score.add_argument(
+        "--recent-warmup",
+        type=int,
+        default=DEFAULT_WARMUP_RECORDS,
+        help="entity_recent: ANOMALY_RECENT_WARMUP_RECORDS (%(default)s)",
+    )
     score.set_defaults(handler=commands.cmd_score)
 
     enc = sub.add_parser(

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from training.config import FitConfig
-from training.data import load_table
+from training.data import Table, load_table
 from training.evaluate import evaluate, plot_curves, score_table
 from training.exceptions import TrainingError
 from training.fit import fit_bundle
@@ -38,6 +38,7 @@ from training.retrain import (
     retrain_once,
     schedule,
 )
+from worker.contract.recent_threshold import DEFAULT_BLOCK_RECORDS, Judgement, RecentThreshold
 from worker.contract.records import parse_timestamp
 from worker.contract.registry import Registry, resolve_bundle
 from worker.contract.scoring import Scorer
@@ -109,16 +110,36 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     table = load_table(args.input)
     scores, scorer = score_table(args.model, table, args.device)
+    judged = decide(scorer, scores, table, args)
     with args.output.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["row", "score", "alert"])
-        threshold = scorer.metadata.threshold
-        for i, s in enumerate(scores):
-            writer.writerow([i, f"{float(s):.9g}", int(s > threshold)])
+        writer.writerow(["row", "score", "alert", "threshold"])
+        for i, (s, alert, threshold) in enumerate(
+            zip(scores.tolist(), judged.alert.tolist(), judged.threshold.tolist(), strict=True)
+        ):
+            writer.writerow([i, f"{s:.9g}", int(alert), f"{threshold:.9g}"])
     logger.info(
         "scored %d rows with model %s into %s", len(scores), scorer.metadata.version, args.output
     )
     return 0
+
+
+def decide(scorer: Scorer, scores: np.ndarray, table: Table, args: argparse.Namespace) -> Judgement:
+    """The worker's decisions on the rows, in order (``--threshold-mode`` as
+    ``ANOMALY_THRESHOLD_MODE``): the model's threshold, or each entity's recent past."""
+    meta = scorer.metadata
+    if args.threshold_mode == "model":
+        return Judgement(~(scores <= meta.threshold), np.full(len(scores), meta.threshold))
+    entities = table.entities or [None] * len(scores)
+    recent = RecentThreshold(
+        meta.threshold,
+        meta.calibration.expected_alert_rate,
+        args.recent_window,
+        DEFAULT_BLOCK_RECORDS,
+        args.recent_warmup,
+        max_entities=len(set(entities)) + 1,  # offline: nothing forgotten
+    )
+    return recent.judge(scores, entities)
 
 
 def cmd_encode(args: argparse.Namespace) -> int:

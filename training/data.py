@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +30,8 @@ class Table:
     feature_names: tuple[str, ...]
     y: np.ndarray | None = None
     dropped: dict[str, int] = field(default_factory=dict)
+    entities: list[str | None] | None = None
+    """Each row's entity (an ``entity`` column or key), when the input has one."""
 
     def columns_for(self, names: tuple[str, ...]) -> np.ndarray:
         """The rows as float32 with a model's features in the model's order.
@@ -75,6 +78,8 @@ def load_table(path: Path, max_record_bytes: int = 1 << 20) -> Table:
         table.dropped["non_finite"] = int((~finite).sum())
         table.X = table.X[finite]
         table.y = None if table.y is None else table.y[finite]
+        if table.entities is not None:
+            table.entities = [e for e, keep in zip(table.entities, finite, strict=True) if keep]
     return table
 
 
@@ -88,6 +93,7 @@ def _load_npz(path: Path) -> Table:
             names = (
                 tuple(str(n) for n in data["feature_names"]) if "feature_names" in data else None
             )
+            data_entities = data["entity"].tolist() if "entity" in data else None
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read as npz: {exc}") from exc
     if X.ndim != 2:
@@ -98,7 +104,15 @@ def _load_npz(path: Path) -> Table:
         raise DataError(f"{path}: {len(names)} feature_names for {X.shape[1]} columns")
     if y is not None and y.shape != (X.shape[0],):
         raise DataError(f"{path}: labels have shape {y.shape}, expected ({X.shape[0]},)")
-    return Table(X, names, y)
+    entities = _entities(data_entities, len(X), path) if data_entities is not None else None
+    return Table(X, names, y, entities=entities)
+
+
+def _entities(values: Any, rows: int, path: Path) -> list[str | None]:
+    entities = [None if v is None else str(v) for v in list(values)]
+    if len(entities) != rows:
+        raise DataError(f"{path}: {len(entities)} entities for {rows} rows")
+    return entities
 
 
 def _load_csv(path: Path) -> Table:
@@ -109,10 +123,11 @@ def _load_csv(path: Path) -> Table:
             raise DataError(f"{path}: empty file (a header row is required)")
         header = [h.strip() for h in header]
         label_col = next((i for i, h in enumerate(header) if h in LABEL_COLUMNS), None)
+        entity_col = header.index("entity") if "entity" in header else None
         feature_cols = [
             i for i, h in enumerate(header) if h not in LABEL_COLUMNS and h not in META_COLUMNS
         ]
-        rows, labels = [], []
+        rows, labels, entities = [], [], []
         for line_no, row in enumerate(reader, start=2):
             if not row:
                 continue
@@ -122,11 +137,14 @@ def _load_csv(path: Path) -> Table:
                 rows.append([float(row[i]) for i in feature_cols])
                 if label_col is not None:
                     labels.append(int(float(row[label_col])))
+                if entity_col is not None:
+                    entities.append(row[entity_col] or None)
             except ValueError as exc:
                 raise DataError(f"{path}:{line_no}: non-numeric value ({exc})") from exc
     names = tuple(header[i] for i in feature_cols)
     X = np.asarray(rows, dtype=np.float32).reshape(len(rows), len(names))
-    return Table(X, names, np.asarray(labels) if label_col is not None else None)
+    y = np.asarray(labels) if label_col is not None else None
+    return Table(X, names, y, entities=entities if entity_col is not None else None)
 
 
 def _load_parquet(path: Path) -> Table:
@@ -165,7 +183,10 @@ def _load_parquet(path: Path) -> Table:
     y = None
     if label is not None:
         y = data.column(label).to_numpy(zero_copy_only=False).astype(int)
-    return Table(X, tuple(names), y)
+    entities = None
+    if "entity" in data.column_names:
+        entities = _entities(data.column("entity").to_pylist(), data.num_rows, path)
+    return Table(X, tuple(names), y, entities=entities)
 
 
 def _load_jsonl(path: Path, max_record_bytes: int) -> Table:
@@ -193,4 +214,12 @@ def _load_jsonl(path: Path, max_record_bytes: int) -> Table:
     if not readable.all():
         dropped["invalid_label"] = int((~readable).sum())
     y = np.array([int(label is True) for label in labels], dtype=int)[readable]
-    return Table(decoded.features[readable], names, y if y.any() else None, dropped)
+    entities = [r.entity for r, keep in zip(decoded.records, readable, strict=True) if keep]
+    has_entities = any(e is not None for e in entities)
+    return Table(
+        decoded.features[readable],
+        names,
+        y if y.any() else None,
+        dropped,
+        entities if has_entities else None,
+    )

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
+from worker.contract.recent_threshold import DEFAULT_WARMUP_RECORDS, DEFAULT_WINDOW_RECORDS
 from worker.contract.registry import resolve_bundle
 from worker.contract.scoring import Scorer, set_torch_threads
 from worker.core.batching import BatchWindow, MicroBatch
@@ -32,7 +33,7 @@ from worker.kafka.link import BrokerLink
 from worker.kafka.ports import Consumer, Producer
 from worker.kafka.tls import check_tls
 from worker.model.reload import ModelWatcher
-from worker.model.served import DriftWindow, ServedModel
+from worker.model.served import DriftWindow, RecentPast, ServedModel
 from worker.observe.health import HealthServer, HealthState
 from worker.observe.metrics import WorkerMetrics
 from worker.pipeline import LoopConfig, Pipeline
@@ -65,6 +66,10 @@ class PipelineConfig:
     drift: bool = True
     drift_window_records: int = 10_000
     drift_window_seconds: float = 300.0
+    threshold_mode: str = "model"
+    recent_window_records: int = DEFAULT_WINDOW_RECORDS
+    recent_warmup_records: int = DEFAULT_WARMUP_RECORDS
+    recent_max_entities: int = 10_000
 
 
 def pipeline_config(settings: WorkerSettings) -> PipelineConfig:
@@ -87,6 +92,10 @@ def pipeline_config(settings: WorkerSettings) -> PipelineConfig:
         drift=settings.drift,
         drift_window_records=settings.drift_window_records,
         drift_window_seconds=settings.drift_window_seconds,
+        threshold_mode=settings.threshold_mode,
+        recent_window_records=settings.recent_window_records,
+        recent_warmup_records=settings.recent_warmup_records,
+        recent_max_entities=settings.recent_max_entities,
     )
 
 
@@ -127,6 +136,15 @@ def build_pipeline(
         if config.drift
         else None
     )
+    recent_past = (
+        RecentPast(
+            config.recent_window_records,
+            config.recent_warmup_records,
+            config.recent_max_entities,
+        )
+        if config.threshold_mode == "entity_recent"
+        else None
+    )
     return Pipeline(
         LoopConfig(
             config.input_topic,
@@ -137,7 +155,7 @@ def build_pipeline(
         ),
         consumer,
         MicroBatch(BatchWindow(config.batch_max_records, config.batch_max_wait_seconds, clock)),
-        ServedModel(scorer, threshold, metrics, health, drift, watcher),
+        ServedModel(scorer, threshold, metrics, health, drift, watcher, recent_past),
         outputs,
         committer,
         link,

@@ -231,16 +231,17 @@ class Pipeline:
         source_of = self.consumer.source_of
         for bad in decoded.invalid:
             self.outputs.dead_letter(source_of(messages[bad.position]), bad.reason, bad.detail)
-        model.judge(decoded)
+        model.watch_fit(decoded)
         if len(decoded.positions):
             t0 = time.perf_counter()
             scored = model.scorer.score(decoded.features)
             m.inference_duration.observe(time.perf_counter() - t0)
             m.records_scored.inc(len(decoded.positions))
-            m.score_ratio.observe_many(model.threshold.ratio(scored.scores))
+            judged = model.decide(scored.scores, decoded.records)
+            m.score_ratio.observe_many(scored.scores / judged.threshold)
             if model.drift is not None:
                 model.drift.observe(decoded.features, scored.scores)
-            rows = np.flatnonzero(model.threshold.decide(scored.scores))
+            rows = np.flatnonzero(judged.alert)
             if rows.size:
                 errors, expected = scored.details(rows)
                 context = AlertContext(
@@ -251,6 +252,7 @@ class Pipeline:
                     detected_at=time.time(),
                 )
                 sources = [source_of(messages[int(decoded.positions[r])]) for r in rows]
+                warming = None if judged.warming is None else judged.warming[rows]
                 alerts = build_alerts(
                     context,
                     [decoded.records[r] for r in rows],
@@ -259,6 +261,8 @@ class Pipeline:
                     decoded.features[rows],
                     errors,
                     expected,
+                    judged.threshold[rows],
+                    warming,
                 )
                 self.outputs.alerts(alerts, sources)
         m.batch_duration.observe(time.perf_counter() - started)

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from worker.contract.recent_threshold import DEFAULT_WARMUP_RECORDS, DEFAULT_WINDOW_RECORDS
 from worker.kafka.options import ConsumerOptions, ProducerOptions
 from worker.kafka.settings import ENV_PREFIX, KafkaSettings, describe_validation_error
 
@@ -93,6 +94,20 @@ class WorkerSettings(KafkaSettings):
     """Alert when score > threshold; unset uses the bundle's calibrated threshold."""
     top_features: int = Field(DEFAULT_TOP_FEATURES, ge=0, le=100)
     """How many top contributing features an alert lists."""
+    threshold_mode: Literal["model", "entity_recent"] = "model"
+    (
+        """`model`: every record against the model's threshold; `entity_recent`: each entity """
+        """against the (1 - the model's alert rate) quantile of its own recent scores."""
+    )
+    recent_window_records: int = Field(DEFAULT_WINDOW_RECORDS, ge=32, le=100_000)
+    """entity_recent: an entity's recent past is its last this many scores ..."""
+    recent_warmup_records: int = Field(DEFAULT_WARMUP_RECORDS, ge=16, le=100_000)
+    """... and it decides once there are this many (the model's threshold meanwhile)."""
+    recent_max_entities: int = Field(10_000, ge=1, le=10_000_000)
+    (
+        """entity_recent: entities remembered (4 bytes x the window each); the least recently """
+        """seen go first."""
+    )
 
     # --- drift ---------------------------------------------------------------------
     drift: bool = True
@@ -146,6 +161,17 @@ class WorkerSettings(KafkaSettings):
             )
         if self.processing_guarantee == "exactly_once":
             self._check_transactions()
+        if self.recent_warmup_records > self.recent_window_records:
+            raise ValueError(
+                f"{ENV_PREFIX}RECENT_WARMUP_RECORDS ({self.recent_warmup_records}) must not "
+                f"exceed {ENV_PREFIX}RECENT_WINDOW_RECORDS ({self.recent_window_records})"
+            )
+        if self.recent_max_entities < self.batch_max_records:
+            raise ValueError(
+                f"{ENV_PREFIX}RECENT_MAX_ENTITIES ({self.recent_max_entities}) must be at least "
+                f"{ENV_PREFIX}BATCH_MAX_RECORDS ({self.batch_max_records}): one batch's entities "
+                "must fit"
+            )
         return self
 
     def _check_transactions(self) -> None:

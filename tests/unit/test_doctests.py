@@ -9,6 +9,7 @@ MODULES = [
     "training.commands",
     "training.reference",
     "worker.contract.drift",
+    "worker.contract.recent_threshold",
     "worker.contract.records",
     "worker.core.alerts",
     "worker.core.batching",

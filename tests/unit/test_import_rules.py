@@ -24,7 +24,7 @@ WORKER_LAYERS: dict[str, set[str]] = {
     "model": {"contract", "core", "observe", "model"},
     "delivery": {"exceptions", "contract", "core", "observe", "kafka", "delivery"},
     "pipeline": {"contract", "core", "observe", "kafka", "model", "delivery"},
-    "settings": {"kafka"},
+    "settings": {"kafka", "contract"},
     "app": {
         "exceptions",
         "contract",

@@ -20,6 +20,7 @@ __all__ = [
     "build_alerts",
     "event_time_outside",
     "finite_or_none",
+    "threshold_sources",
 ]
 
 #: An alert's record is older than this (event time to now): replayed or delayed data, or a
@@ -71,6 +72,16 @@ def event_time_outside(event_ts: float, now: float) -> str | None:
     return None
 
 
+def threshold_sources(warming: np.ndarray) -> list[str]:
+    """Where each row's threshold came from, per entity: its recent past, or the model's
+    while its recent past is too short (warming up).
+
+    >>> threshold_sources(np.array([False, True]))
+    ['entity_recent', 'model_warming_up']
+    """
+    return ["model_warming_up" if w else "entity_recent" for w in warming.tolist()]
+
+
 def finite_or_none(value: float) -> float | None:
     """JSON has no NaN or Infinity (RFC 8259): a non-finite number is written as ``null``.
 
@@ -88,8 +99,14 @@ def build_alerts(
     features: np.ndarray,
     errors: np.ndarray,
     expected: np.ndarray,
+    thresholds: np.ndarray | None = None,
+    warming: np.ndarray | None = None,
 ) -> list[Alert]:
-    """One alert per row; all arrays are aligned with ``records`` and ``messages``."""
+    """One alert per row; all arrays are aligned with ``records`` and ``messages``.
+
+    ``thresholds``: what each row was judged against, when not ``context.threshold``; with
+    ``warming`` (per-entity thresholds) the alert says where its threshold came from.
+    """
     k = min(context.top_features, len(context.feature_names))
     top = np.argsort(-errors, axis=1, kind="stable")[:, :k]
     # Python numbers for the whole batch at once (numpy scalars one by one cost more).
@@ -99,18 +116,22 @@ def build_alerts(
     top_expected = np.take_along_axis(expected, top, axis=1).astype(np.float64).tolist()
     top_errors = np.take_along_axis(errors, top, axis=1).astype(np.float64).tolist()
     score_list = np.asarray(scores, dtype=np.float64).tolist()
+    threshold_list = (
+        [context.threshold] * len(score_list) if thresholds is None else thresholds.tolist()
+    )
+    sources = None if warming is None else threshold_sources(warming)
     alerts = []
     for i, (record, message) in enumerate(zip(records, messages, strict=True)):
         rid = record_id(record, message)
         ts = event_time(record, message)
-        score = score_list[i]
+        score, threshold = score_list[i], threshold_list[i]
         body = {
             "id": rid,
             "entity": record.entity,
             "ts": ts,
             "score": finite_or_none(score),
-            "threshold": context.threshold,
-            "score_ratio": finite_or_none(score / context.threshold),
+            "threshold": threshold,
+            "score_ratio": finite_or_none(score / threshold),
             "model_version": context.model_version,
             "top_features": [
                 {
@@ -130,6 +151,8 @@ def build_alerts(
             },
             "detected_at": context.detected_at,
         }
+        if sources is not None:
+            body["threshold_source"] = sources[i]
         key = record.entity if record.entity is not None else rid
         # msgspec writes UTF-8 (no \u escapes); finite_or_none already made non-finite null.
         alerts.append(Alert(key.encode("utf-8"), _encode(body), ts))

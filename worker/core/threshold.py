@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from worker.contract.recent_threshold import Judgement
 
 __all__ = ["Threshold"]
 
@@ -31,3 +35,7 @@ class Threshold:
     def ratio(self, scores: np.ndarray) -> np.ndarray:
         """``score / threshold``: above 1 alerts, comparable across models."""
         return scores / self.value
+
+    def judge(self, scores: np.ndarray, entities: Sequence[Any] | None = None) -> Judgement:
+        """Every row against the one value (``entities`` do not matter to it)."""
+        return Judgement(self.decide(scores), np.full(len(scores), self.value))

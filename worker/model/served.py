@@ -8,10 +8,14 @@ record is scored by a half-loaded model and none is skipped.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from worker.contract.drift import DriftMonitor
-from worker.contract.records import FEATURES_NAMED, DecodedBatch, FeatureSchema
+from worker.contract.recent_threshold import DEFAULT_BLOCK_RECORDS, Judgement, RecentThreshold
+from worker.contract.records import FEATURES_NAMED, DecodedBatch, FeatureSchema, Record
 from worker.contract.scoring import Scorer
 from worker.core.threshold import Threshold
 from worker.model.compatibility import FeatureFit
@@ -19,9 +23,18 @@ from worker.model.reload import ModelWatcher
 from worker.observe.health import HealthState
 from worker.observe.metrics import WorkerMetrics
 
-__all__ = ["DriftWindow", "ServedModel"]
+__all__ = ["DriftWindow", "RecentPast", "ServedModel"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RecentPast:
+    """ANOMALY_THRESHOLD_MODE=entity_recent: each entity judged against its recent scores."""
+
+    window: int
+    warmup: int
+    max_entities: int
 
 
 @dataclass(frozen=True)
@@ -43,9 +56,12 @@ class ServedModel:
         health: HealthState,
         drift: DriftWindow | None,
         watcher: ModelWatcher | None = None,
+        recent_past: RecentPast | None = None,
     ) -> None:
         self.metrics, self.drift_window, self.watcher = metrics, drift, watcher
         self.threshold = threshold
+        self.recent_past = recent_past
+        self.recent: RecentThreshold | None = None
         self.fit = FeatureFit(health)
         self._serve(scorer)
 
@@ -54,6 +70,16 @@ class ServedModel:
         self.schema = FeatureSchema(scorer.metadata.feature_names)
         self.drift = self._drift_monitor(scorer)  # a new reference: a fresh window
         self.fit.reset()  # judged anew
+        if self.recent_past is not None:  # a new model's scores: every entity warms up again
+            past = self.recent_past
+            self.recent = RecentThreshold(
+                self.threshold.value,
+                scorer.metadata.calibration.expected_alert_rate,
+                past.window,
+                DEFAULT_BLOCK_RECORDS,
+                past.warmup,
+                past.max_entities,
+            )
         meta = scorer.metadata
         self.metrics.set_model(
             meta.version, self.threshold.value, meta.calibration.expected_alert_rate
@@ -68,7 +94,13 @@ class ServedModel:
             self.threshold.value,
         )
 
-    def judge(self, decoded: DecodedBatch) -> None:
+    def decide(self, scores: np.ndarray, records: Sequence[Record]) -> Judgement:
+        """Which rows alert, and what each was judged against."""
+        if self.recent is None:
+            return self.threshold.judge(scores)
+        return self.recent.judge(scores, [r.entity for r in records])
+
+    def watch_fit(self, decoded: DecodedBatch) -> None:
         """What a batch decoded to: does this model still fit the traffic?"""
         self.fit.batch(self.scorer.metadata.version, self.schema.names, decoded)
         if decoded.ignored_features:
