@@ -59,6 +59,7 @@ class PipelineConfig:
     shutdown_timeout_seconds: float
     on_undecodable_batch: str = "fail"
     unknown_features: str = "ignore"
+    scores_topic: str | None = None
     connect_backoff_max_seconds: float = 10.0
     session_timeout_seconds: float = 10.0
     processing_guarantee: str = "at_least_once"
@@ -85,6 +86,7 @@ def pipeline_config(settings: WorkerSettings) -> PipelineConfig:
         shutdown_timeout_seconds=settings.shutdown_timeout_seconds,
         on_undecodable_batch=settings.on_undecodable_batch,
         unknown_features=settings.unknown_features,
+        scores_topic=settings.scores_topic,
         connect_backoff_max_seconds=settings.connect_backoff_max_seconds,
         session_timeout_seconds=settings.session_timeout_seconds,
         processing_guarantee=settings.processing_guarantee,
@@ -128,6 +130,7 @@ def build_pipeline(
         metrics,
         config.alert_topic,
         config.dlq_topic,
+        config.scores_topic,
         config.max_record_bytes,
         clock,
     )
@@ -243,7 +246,9 @@ def run_worker(
         if producer is None:
             return
         stack.callback(producer.close, settings.shutdown_timeout_seconds)
-        for topic in (settings.alert_topic, settings.dlq_topic):
+        for topic in (settings.alert_topic, settings.dlq_topic, settings.scores_topic):
+            if topic is None:
+                continue
             producer.check_topic(topic)
         consumer_options = settings.consumer_options()
         consumer = connect_with_backoff(

@@ -24,11 +24,16 @@ import numpy as np
 
 from worker.contract.decode import decode_batch
 from worker.contract.messages import Partition
+from worker.contract.recent_threshold import Judgement
+from worker.contract.records import DecodedBatch
+from worker.contract.scoring import Scored
 from worker.core.alerts import AlertContext, build_alerts
 from worker.core.batching import MicroBatch
+from worker.core.scores import build_scores
 from worker.delivery.checkpoint import Committer
 from worker.delivery.exceptions import UndecodableBatchError
 from worker.delivery.outputs import Outputs
+from worker.delivery.ownership import Ownership
 from worker.delivery.undecodable import SkipRange, UndecodableBatches
 from worker.kafka.link import BrokerLink
 from worker.kafka.ports import Chunk, Consumer, TransientError, UndecodableError
@@ -74,7 +79,7 @@ class Pipeline:
         self.model, self.outputs, self.committer = model, outputs, committer
         self.link, self.undecodable = link, undecodable
         self.metrics, self.health, self.clock = metrics, health, clock
-        self.assigned: set[Partition] = set()
+        self.ownership = Ownership(config.input_topic, consumer, batch, committer, link, metrics)
         self._abandoned = False  # a fatal error happened: never process or commit again
         self._listener_error: BaseException | None = None
         self._last_commit = clock()
@@ -96,9 +101,9 @@ class Pipeline:
                 due = self.clock() - self._last_commit >= self.config.commit_interval_seconds
                 if due or caught_up:
                     self.commit()
-                self._update_lag()
-                self._watch_topic()
-                self.link.follow(self.consumer.link_age(), bool(self.assigned))
+                self.ownership.update_lag()
+                self.ownership.watch_topic()
+                self.link.follow(self.consumer.link_age(), bool(self.ownership.assigned))
                 self.health.beat()
                 if self.link.down:
                     stop.wait(self.link.backoff_seconds)
@@ -182,39 +187,6 @@ class Pipeline:
         self.process(messages, values)
         self.committer.processed(last)
 
-    def _update_lag(self) -> None:
-        for partition in self.assigned:
-            high = self.consumer.highwater(partition)
-            position = self.committer.position(partition)
-            if high is not None and position is not None:
-                self.metrics.set_lag(partition, max(high - position, 0))
-
-    def _watch_topic(self) -> None:
-        """The input topic deleted and created again (a new topic id): its old positions mean
-        nothing in the new one (resuming there skipped its first records)."""
-        topic = self.config.input_topic
-        changed = self.link.topic_changed(self.consumer.topic_id(topic))
-        if changed is None:
-            return
-        partitions = {p for p in self.assigned if p[0] == topic}
-        dropped = self.batch.drop(partitions, self._partition_of)
-        self.committer.forget(partitions)
-        self.consumer.reset_positions(partitions)
-        self.metrics.input_topic_recreated.inc()
-        logger.warning(
-            "input topic %s was deleted and created again (topic id %s -> %s): partitions %s "
-            "are read again from where ANOMALY_AUTO_OFFSET_RESET says; %d records of the old "
-            "topic in hand dropped",
-            topic,
-            *changed,
-            sorted(p[1] for p in partitions),
-            dropped,
-        )
-
-    def _partition_of(self, message: Any) -> Partition:
-        source = self.consumer.source_of(message)
-        return source.topic, source.partition
-
     # --- one batch --------------------------------------------------------------------
     def process(self, messages: Sequence[Any], values: Sequence[bytes | None]) -> None:
         """Decode, score and produce the outputs of one batch (offsets are the caller's).
@@ -243,30 +215,53 @@ class Pipeline:
                 model.drift.observe(decoded.features, scored.scores)
             rows = np.flatnonzero(judged.alert)
             if rows.size:
-                errors, expected = scored.details(rows)
-                context = AlertContext(
-                    feature_names=model.schema.names,
-                    threshold=model.threshold.value,
-                    model_version=model.scorer.metadata.version,
-                    top_features=self.config.top_features,
-                    detected_at=time.time(),
-                )
-                sources = [source_of(messages[int(decoded.positions[r])]) for r in rows]
-                warming = None if judged.warming is None else judged.warming[rows]
-                alerts = build_alerts(
-                    context,
-                    [decoded.records[r] for r in rows],
+                self._alert(messages, decoded, scored, judged, rows)
+            if self.outputs.scores_topic is not None:
+                sources = [source_of(messages[p]) for p in decoded.positions.tolist()]
+                version = model.scorer.metadata.version
+                scores = build_scores(
+                    decoded.records,
                     sources,
-                    scored.scores[rows],
-                    decoded.features[rows],
-                    errors,
-                    expected,
-                    judged.threshold[rows],
-                    warming,
+                    scored.scores,
+                    judged.threshold,
+                    judged.alert,
+                    judged.warming,
+                    version,
                 )
-                self.outputs.alerts(alerts, sources)
+                self.outputs.scores(scores, sources)
         m.batch_duration.observe(time.perf_counter() - started)
         m.last_processed.set(time.time())
+
+    def _alert(
+        self,
+        messages: Sequence[Any],
+        decoded: DecodedBatch,
+        scored: Scored,
+        judged: Judgement,
+        rows: np.ndarray,
+    ) -> None:
+        model = self.model
+        errors, expected = scored.details(rows)
+        context = AlertContext(
+            feature_names=model.schema.names,
+            threshold=model.threshold.value,
+            model_version=model.scorer.metadata.version,
+            top_features=self.config.top_features,
+            detected_at=time.time(),
+        )
+        sources = [self.consumer.source_of(messages[int(decoded.positions[r])]) for r in rows]
+        alerts = build_alerts(
+            context,
+            [decoded.records[r] for r in rows],
+            sources,
+            scored.scores[rows],
+            decoded.features[rows],
+            errors,
+            expected,
+            judged.threshold[rows],
+            None if judged.warming is None else judged.warming[rows],
+        )
+        self.outputs.alerts(alerts, sources)
 
     def _undecodable(self, exc: UndecodableError) -> None:
         """The client cannot decode a batch: stop naming it, or step past it and dead-letter it."""
@@ -308,10 +303,7 @@ class Pipeline:
     def revoked(self, revoked: set[Partition]) -> None:
         """Partitions are gone (committed or not): forget them, and any of their records held."""
         self.link.membership_known()
-        self._drop_records_of(revoked)
-        self.committer.forget(revoked)
-        self.assigned -= revoked
-        self.metrics.forget_lag(revoked)
+        self.ownership.gone(revoked)
         if revoked:
             logger.info("partitions revoked: %s", sorted(revoked))
 
@@ -330,13 +322,8 @@ class Pipeline:
                 sorted(lost),
             )
 
-    def _drop_records_of(self, partitions: set[Partition]) -> None:
-        dropped = self.batch.drop(partitions, self._partition_of)
-        if dropped:
-            logger.info("dropped %d records of partitions this worker no longer owns", dropped)
-
     def on_assigned(self, assigned: set[Partition]) -> None:
         self.link.membership_known()
-        self.assigned |= assigned
+        self.ownership.gained(assigned)
         self.link.partitions_assigned()
         logger.info("partitions assigned: %s", sorted(assigned))

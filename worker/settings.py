@@ -67,6 +67,8 @@ class WorkerSettings(KafkaSettings):
     """How long an output is retried; then the worker exits 1 with nothing committed past it."""
     on_undecodable_batch: Literal["fail", "skip"] = "fail"
     """A batch the client cannot decode: `fail` exits 3 naming it, `skip` dead-letters it."""
+    scores_topic: str | None = Field(None, min_length=1)
+    """When set, every scored record's score goes there too (id, entity, ts, score, alert)."""
     unknown_features: Literal["ignore", "refuse"] = "ignore"
     """Named features the model lacks (a producer added one): `ignore` scores the record and
     counts them, `refuse` dead-letters it as `unknown_feature`."""
@@ -161,6 +163,10 @@ class WorkerSettings(KafkaSettings):
             )
         if self.processing_guarantee == "exactly_once":
             self._check_transactions()
+        if self.scores_topic in (self.input_topic, self.alert_topic, self.dlq_topic):
+            raise ValueError(
+                f"{ENV_PREFIX}SCORES_TOPIC must differ from the input, alert and dead-letter topics"
+            )
         if self.recent_warmup_records > self.recent_window_records:
             raise ValueError(
                 f"{ENV_PREFIX}RECENT_WARMUP_RECORDS ({self.recent_warmup_records}) must not "

@@ -15,6 +15,7 @@ MODULES = [
     "worker.core.batching",
     "worker.core.deadletters",
     "worker.core.offsets",
+    "worker.core.scores",
     "worker.core.threshold",
     "worker.observe.logs",
 ]

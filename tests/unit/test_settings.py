@@ -107,6 +107,11 @@ def test_reads_env_and_dotenv(monkeypatch, tmp_path):
             "ANOMALY_TRANSACTION_TIMEOUT_SECONDS (60)",
         ),
         ({"ANOMALY_TRANSACTION_TIMEOUT_SECONDS": "3600"}, "less than or equal to 900"),
+        (
+            {"ANOMALY_SCORES_TOPIC": "anomalies"},
+            "ANOMALY_SCORES_TOPIC must differ from the input, alert and dead-letter topics",
+        ),
+        ({"ANOMALY_SCORES_TOPIC": ""}, "ANOMALY_SCORES_TOPIC: String should have at least 1"),
     ],
 )
 def test_bad_values_name_the_variable(monkeypatch, env, expected):

@@ -102,7 +102,8 @@ class DeliveryFailures:
 
 
 class Outputs:
-    """Alerts to ``alert_topic``, dead letters to ``dlq_topic``; each counted and logged."""
+    """Alerts to ``alert_topic``, dead letters to ``dlq_topic``, scores to ``scores_topic``;
+    each counted and logged."""
 
     def __init__(
         self,
@@ -112,12 +113,15 @@ class Outputs:
         metrics: WorkerMetrics,
         alert_topic: str,
         dlq_topic: str,
+        scores_topic: str | None,
         max_record_bytes: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.producer, self.guarantee, self.failures = producer, guarantee, failures
         self.metrics = metrics
         self.alert_topic, self.dlq_topic = alert_topic, dlq_topic
+        #: Every scored record's score goes here too (ANOMALY_SCORES_TOPIC), when set.
+        self.scores_topic = scores_topic
         self.max_record_bytes = max_record_bytes
         self._dead_letter_log = Throttle(LOG_INTERVAL_SECONDS, clock)
         self._event_time_log = Throttle(LOG_INTERVAL_SECONDS, clock)
@@ -163,6 +167,22 @@ class Outputs:
                 more,
             )
         return False
+
+    def scores(
+        self, outputs: Sequence[tuple[bytes, bytes]], sources: Sequence[SourceMessage]
+    ) -> None:
+        """Send a score record per scored record (under the same guarantee as alerts); one too
+        large to produce (a huge id or entity) is left out, counted."""
+        assert self.scores_topic is not None
+        dropped = 0
+        for (key, value), source in zip(outputs, sources, strict=True):
+            if len(key) + len(value) > self.max_record_bytes:
+                dropped += 1
+                continue
+            watcher = self.failures.watcher(location(source))
+            self._send(self.scores_topic, key, value, None, watcher)
+        if dropped:
+            self.metrics.scores_dropped.inc(dropped)
 
     def dead_letter(self, source: SourceMessage, reason: str, detail: str) -> None:
         letter = build_dead_letter(source, reason, detail, self.max_record_bytes)

@@ -166,6 +166,11 @@ class WorkerMetrics:
             ["feature"],
             registry=r,
         )
+        self.scores_dropped = Counter(
+            "anomaly_scores_dropped",
+            "Score records left out of ANOMALY_SCORES_TOPIC: too large to produce (a huge id).",
+            registry=r,
+        )
         self.producer_renewals = Counter(
             "anomaly_producer_renewals",
             "Times the broker no longer knew the worker's producer (restarted without its data, "

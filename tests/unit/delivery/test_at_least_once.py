@@ -289,17 +289,17 @@ def test_an_input_topic_deleted_and_created_again_is_read_again_from_its_start(t
     stop = threading.Event()
     pipeline._collect(stop)
     pipeline._process_batch()
-    pipeline._watch_topic()
+    pipeline.ownership.watch_topic()
     pipeline._collect(stop)  # a record polled, not processed yet...
     consumer.topic_ids = {"in": "id-2"}  # ...when the topic is recreated
-    pipeline._watch_topic()
+    pipeline.ownership.watch_topic()
     assert consumer.resets == [[("in", 0), ("in", 1)]]
     assert len(pipeline.batch) == 0 and pipeline.committer.offsets.to_commit() == {}
     sample = pipeline.metrics.registry.get_sample_value
     assert sample("anomaly_input_topic_recreated_total") == 1
     (line,) = [r.getMessage() for r in caplog.records if "created again" in r.getMessage()]
     assert "id-1 -> id-2" in line and "1 records of the old topic in hand dropped" in line
-    pipeline._watch_topic()
+    pipeline.ownership.watch_topic()
     assert len(consumer.resets) == 1  # once per recreation
     assert producer.sent == []
 
@@ -343,3 +343,44 @@ def test_a_broker_refusing_every_new_producer_stops_the_worker(tmp_path):
     with pytest.raises(DeliveryError, match=f"{MAX_RENEWALS_IN_A_ROW} new producers in a row"):
         run_once(pipeline, seconds=3)
     assert log.count("renew") == MAX_RENEWALS_IN_A_ROW - 1 and consumer.commits == []
+
+
+def test_every_scored_record_has_its_score_on_the_scores_topic(tmp_path):
+    batch = chunk(
+        messages(0, [record([0, 0, 0, 0], id="calm", entity="h1"), b"garbage"]),
+        messages(1, [record([5, 5, 5, 5], id="hot")], start=3),
+    )
+    pipeline, _consumer, producer, log = make_pipeline(tmp_path, [batch], scores_topic="scores")
+    run_once(pipeline)
+    by_topic = {}
+    for topic, key, value, _ in producer.sent:
+        by_topic.setdefault(topic, []).append((key, json.loads(value) if topic != "dlq" else None))
+    assert sorted(by_topic) == ["alerts", "dlq", "scores"]
+    scores = {body["id"]: (key, body) for key, body in by_topic["scores"]}
+    assert sorted(scores) == ["calm", "hot"]  # the dead letter has no score
+    key, calm = scores["calm"]
+    assert key == b"h1" and calm["alert"] is False and calm["score"] == 0.0
+    assert calm["threshold"] == 4.0 and calm["source"] == {
+        "topic": "in",
+        "partition": 0,
+        "offset": 0,
+    }
+    assert scores["hot"][1]["alert"] is True and scores["hot"][1]["score"] == 25.0
+    assert log == ["flush", "commit"]  # the scores were acknowledged before the commit
+
+
+def test_scores_go_in_the_transaction_with_exactly_once(tmp_path):
+    from tests.fakes import TransactionalProducer
+
+    records = {("in", 0): messages(0, [record([0, 0, 0, 0], id=f"r{i}") for i in range(3)])}
+    pipeline, _, producer, _ = make_pipeline(
+        tmp_path,
+        [],
+        consumer=lambda log: LogConsumer(log, records),
+        producer=TransactionalProducer,
+        processing_guarantee="exactly_once",
+        scores_topic="scores",
+    )
+    run_once(pipeline)
+    ((offsets, _, sent),) = producer.transactions
+    assert offsets == {("in", 0): 3} and [topic for topic, _ in sent] == ["scores"] * 3
