@@ -39,6 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from training.alarm_figures import Segment, alarm_figures, vus_pr  # noqa: E402
 from training.config import FitConfig  # noqa: E402
 from training.evaluate import average_precision, roc_auc  # noqa: E402
 from training.fit import train  # noqa: E402
@@ -57,26 +58,21 @@ SHORT_SHARE, SHORT_MAX = 0.2, 3_000
 FAST_ENTITIES = ("omi-1", "omi-9", "omi-12")
 
 
-def load(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+def load(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Segment]]:
     data = np.load(DATA / f"{name}.npz")
     segments = json.loads((DATA / "segments.json").read_text())[name]
-    return data["train"], data["test"], data["test_label"].astype(int), segments
+    return (
+        data["train"],
+        data["test"],
+        data["test_label"].astype(int),
+        [Segment.parse(s) for s in segments],
+    )
 
 
 def split(protocol: str, train_rows: np.ndarray, test: np.ndarray) -> np.ndarray:
     if protocol == "per-entity":
         return train_rows
     return test[: min(int(len(test) * SHORT_SHARE), SHORT_MAX)]
-
-
-def vus_pr(labels: np.ndarray, scores: np.ndarray, test: np.ndarray) -> float:
-    try:
-        from TSB_AD.evaluation.basic_metrics import generate_curve
-        from TSB_AD.utils.slidingWindows import find_length_rank
-    except ImportError:
-        return float("nan")
-    window = find_length_rank(test[:, 0], rank=1)
-    return float(generate_curve(labels, scores, window, "opt", 250)[-1])
 
 
 def peer_scores(name: str, seed: int, fit_rows: np.ndarray, test: np.ndarray) -> np.ndarray:
@@ -114,21 +110,6 @@ def decisions(mode: str, scores: np.ndarray, threshold: float, rate: float) -> n
     return recent.judge(scores, [None] * len(scores)).alert
 
 
-def alarm_figures(alerts: np.ndarray, labels: np.ndarray, segments: list[dict]) -> dict:
-    figures = {"false_alarm_rate": float(alerts[labels == 0].mean())}
-    caught: dict[str, list[bool]] = defaultdict(list)
-    for segment in segments:
-        start, end = (int(x) for x in segment["segment"].split("-"))
-        hit = bool(alerts[start : end + 1].any())
-        caught["all"].append(hit)
-        for kind in ("metric", "temporal"):
-            if kind in segment.get("type", ""):
-                caught[kind].append(hit)
-    for kind, hits in caught.items():
-        figures[f"event_recall_{kind}"] = float(np.mean(hits))
-    return figures
-
-
 def run(args: argparse.Namespace) -> list[dict]:
     rows = []
     for protocol in args.protocols:
@@ -145,7 +126,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                         scores = peer_scores(detector, seed, fit_rows, test)
                     row.update(
                         detector=detector,
-                        vus_pr=vus_pr(labels, scores, test),
+                        vus_pr=vus_pr(labels, scores, test[:, 0]),
                         auc_pr=average_precision(labels, scores),
                         auc_roc=roc_auc(labels, scores),
                         seconds=time.perf_counter() - started,

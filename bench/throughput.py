@@ -3,16 +3,19 @@
     .venv/bin/python bench/throughput.py [--records 400000] [--loads 5000,20000,50000]
         [--load-seconds 20] [--clients kafka-python,confluent] [--device cpu|cuda]
         [--guarantees at_least_once,exactly_once] [--drift on,off] [--memory-rows 512,1024]
-        [--baseline ../other-checkout]
+        [--baseline ../other-checkout] [--entities 10000] [--setups default,telemetry]
 
-On one broker and one pre-filled topic (N 8-feature JSON records, 1% anomalous):
+On one broker and one pre-filled topic (N 8-feature JSON records, 1% anomalous, spread over
+``--entities`` entities, 1,000 by default):
 
 1. a bare kafka-python consumer (the worker's consumer settings) drains the topic;
 2. a bare confluent-kafka (librdkafka) consumer drains it;
 3. for each transport (and each processing guarantee and drift setting asked for: with
    ``--drift on,off`` every worker phase also runs with ``ANOMALY_DRIFT=false``, the
    bundle's drift reference unused; with ``--memory-rows 512,1024`` one bundle is fitted
-   per memory size of the neighbour term and each is run; with ``--baseline DIR`` the worker
+   per memory size of the neighbour term and each is run; with ``--setups default,telemetry``
+   each worker also runs as telemetry users run it: ``ANOMALY_THRESHOLD_MODE=entity_recent``
+   and every score on ``ANOMALY_SCORES_TOPIC``; with ``--baseline DIR`` the worker
    of another checkout, run by its own ``.venv``, too: before/after a change in one run), a
    real ``anomaly-worker run``
    process drains it (its consumed count is scraped from /metrics every 100 ms) until every
@@ -81,6 +84,13 @@ def main() -> int:
         help="the bundle's neighbour memory (anomaly-train fit --memory-rows); a list runs each",
     )
     parser.add_argument("--env", action="append", default=[], help="extra ANOMALY_X=Y for workers")
+    parser.add_argument("--entities", type=int, default=1_000, help="distinct entity values")
+    parser.add_argument(
+        "--setups",
+        default="default",
+        help="default (the model's threshold, alerts only), entity_recent (per-entity "
+        "thresholds), scores (a scores topic), telemetry (both)",
+    )
     parser.add_argument(
         "--baseline",
         type=Path,
@@ -94,14 +104,19 @@ def main() -> int:
     drifts = [d == "on" for d in args.drift.split(",") if d]
     memories = [int(m) for m in args.memory_rows.split(",") if m]
     checkouts: list[Path | None] = [None, args.baseline] if args.baseline else [None]
-    # (client, guarantee, drift, memory rows, checkout) and how their rows are named
+    setups = [x for x in args.setups.split(",") if x]
+    unknown = set(setups) - set(SETUPS)
+    if unknown:
+        parser.error(f"--setups: unknown {sorted(unknown)} (use {', '.join(SETUPS)})")
+    # (client, guarantee, drift, memory rows, checkout, setup) and how their rows are named
     runs = [
-        (c, g, d, m, k)
+        (c, g, d, m, k, u)
         for c in clients
         for g in guarantees
         for d in drifts
         for m in memories
         for k in checkouts
+        for u in setups
     ]
 
     def named(
@@ -110,8 +125,10 @@ def main() -> int:
         drift: bool = True,
         memory: int = 0,
         checkout: Path | None = None,
+        setup: str = "default",
     ) -> str:
         details = [guarantee] if len(guarantees) > 1 else []
+        details += [setup] if len(setups) > 1 else []
         details += [] if len(drifts) == 1 else ["drift on" if drift else "drift off"]
         details += [f"memory {memory or memories[0]}"] if len(memories) > 1 else []
         details += ["baseline"] if checkout is not None else []
@@ -145,7 +162,7 @@ def main() -> int:
                 FitConfig(epochs=20, seed=0, memory_rows=memory),
             )
         t0 = time.perf_counter()
-        fill(bootstrap, topic, args.records, rng, anomaly_share=0.01)
+        fill(bootstrap, topic, args.records, rng, 0.01, args.entities)
         print(f"pre-filled {args.records} records in {time.perf_counter() - t0:.1f}s", flush=True)
 
         settings = WorkerSettings(
@@ -164,6 +181,7 @@ def main() -> int:
             drift: bool,
             memory: int,
             checkout: Path | None,
+            setup: str,
             broker: str,
             input_topic: str,
         ) -> tuple[Any, int, str]:
@@ -171,8 +189,10 @@ def main() -> int:
             of ``checkout`` (its own .venv) when given, else this one's."""
             suffix = uuid.uuid4().hex[:6]
             alerts, dlq = f"bench-alerts-{suffix}", f"bench-dlq-{suffix}"
+            scores = f"bench-scores-{suffix}"
             admin = KafkaAdminClient(bootstrap_servers=broker)
-            admin.create_topics([NewTopic(t, args.partitions, 1) for t in (alerts, dlq)])
+            outputs = (alerts, dlq, scores) if setup in ("scores", "telemetry") else (alerts, dlq)
+            admin.create_topics([NewTopic(t, args.partitions, 1) for t in outputs])
             admin.close()
             port = free_port()
             env = {
@@ -192,6 +212,7 @@ def main() -> int:
                 "ANOMALY_SESSION_TIMEOUT_SECONDS": "6",
                 "ANOMALY_DEVICE": args.device,
                 "ANOMALY_LOG_LEVEL": "WARNING",
+                **SETUPS[setup](scores),
                 **dict(item.split("=", 1) for item in args.env),
             }
             log = (workdir / f"worker-{client}-{suffix}.log").open("wb")
@@ -210,10 +231,10 @@ def main() -> int:
                 time.sleep(0.1)
             return process, port, alerts
 
-        for client, guarantee, drift, memory, checkout in runs:
-            name = named(client, guarantee, drift, memory, checkout)
+        for client, guarantee, drift, memory, checkout, setup in runs:
+            name = named(client, guarantee, drift, memory, checkout, setup)
             worker, port, _ = start_worker(
-                client, guarantee, drift, memory, checkout, bootstrap, topic
+                client, guarantee, drift, memory, checkout, setup, bootstrap, topic
             )
             rate, cpu = worker_drain(port, args.records, worker.pid)
             rows.append((name, rate, cpu))
@@ -233,10 +254,16 @@ def main() -> int:
                     admin.create_topics([NewTopic(load_topic, args.partitions, 1)])
                     admin.close()
                     worker, port, alerts = start_worker(
-                        client, guarantee, drift, memory, checkout, broker, load_topic
+                        client, guarantee, drift, memory, checkout, setup, broker, load_topic
                     )
                     p50, p99, share, bare50, bare99 = offered_load(
-                        broker, load_topic, alerts, load, args.load_seconds, worker.pid
+                        broker,
+                        load_topic,
+                        alerts,
+                        load,
+                        args.load_seconds,
+                        worker.pid,
+                        args.entities,
                     )
                     rss[name] = max(rss[name], peak_rss_mib(worker.pid))
                     stop_process(worker)
@@ -255,22 +282,26 @@ def main() -> int:
     )
     print(
         f"records: {args.records} x {D} features, {args.partitions} partitions, "
-        f"device {args.device}, neighbour memory {args.memory_rows} rows"
+        f"device {args.device}, neighbour memory {args.memory_rows} rows, "
+        f"{args.entities:,} entities"
     )
     print("| consumer | steady records/s | CPU s per 1M records |")
     print("| --- | ---: | ---: |")
     for what, rate, cpu in rows:
         print(f"| {what} | {rate:,.0f} | {cpu:.1f} |")
     by = {what: rate for what, rate, _ in rows}
-    for client, guarantee, drift, memory, checkout in runs:
+    for client, guarantee, drift, memory, checkout, setup in runs:
         bare = "bare kafka-python" if client == "kafka-python" else "bare confluent-kafka"
-        name = named(client, guarantee, drift, memory, checkout)
+        name = named(client, guarantee, drift, memory, checkout, setup)
         print(f"{name} / {bare}: {by[name] / by[bare]:.2f}")
         if checkout is not None:
-            this = named(client, guarantee, drift, memory)
+            this = named(client, guarantee, drift, memory, None, setup)
             print(f"{this} / {name}: {by[this] / by[name]:.2f}")
-    for client, guarantee, drift, memory, checkout in runs if len(drifts) > 1 else ():
-        if checkout is not None:
+        if setup != "default" and "default" in setups:
+            plain = named(client, guarantee, drift, memory, checkout)
+            print(f"{name} / {plain}: {by[name] / by[plain]:.2f}")
+    for client, guarantee, drift, memory, checkout, setup in runs if len(drifts) > 1 else ():
+        if checkout is not None or setup != setups[0]:
             continue
         if drift:
             on, off = (
@@ -298,6 +329,17 @@ def main() -> int:
 #: The embedded broker's process, when the benchmark started one (its CPU is reported too).
 BROKER: dict[str, int] = {}
 
+#: Worker set-ups (``--setups``): extra settings, given the run's scores topic.
+SETUPS = {
+    "default": lambda scores: {},
+    "entity_recent": lambda scores: {"ANOMALY_THRESHOLD_MODE": "entity_recent"},
+    "scores": lambda scores: {"ANOMALY_SCORES_TOPIC": scores},
+    "telemetry": lambda scores: {
+        "ANOMALY_THRESHOLD_MODE": "entity_recent",
+        "ANOMALY_SCORES_TOPIC": scores,
+    },
+}
+
 
 def sample(count: int, pid: int) -> tuple[float, int, float, float]:
     """(time, count, CPU seconds of ``pid``, CPU seconds of the embedded broker) now."""
@@ -323,7 +365,12 @@ def steady_rate(timeline: list[tuple[float, int, float, float]], n: int) -> tupl
 
 
 def fill(
-    bootstrap: str, topic: str, n: int, rng: np.random.Generator, anomaly_share: float
+    bootstrap: str,
+    topic: str,
+    n: int,
+    rng: np.random.Generator,
+    anomaly_share: float,
+    entities: int,
 ) -> None:
     producer = Producer(
         {"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000}
@@ -339,7 +386,7 @@ def fill(
     now = time.time()
     for i in range(n):
         value = json.dumps(
-            {"id": f"r{i}", "ts": now, "entity": f"e{i % 1000}", "features": X[i].tolist()}
+            {"id": f"r{i}", "ts": now, "entity": f"e{i % entities}", "features": X[i].tolist()}
         )
         while True:
             try:
@@ -422,7 +469,7 @@ def worker_drain(port: int, n: int, pid: int) -> tuple[float, float]:
     return steady_rate(timeline, n)
 
 
-def offered_load(bootstrap, topic, alerts, rate, seconds, pid):  # type: ignore[no-untyped-def]
+def offered_load(bootstrap, topic, alerts, rate, seconds, pid, entities):  # type: ignore[no-untyped-def]
     """Offer ``rate`` records/s: (worker p50, p99, CPU share, bare consumer p50, p99)."""
     tag = f"lat{uuid.uuid4().hex[:6]}-"
     alert_latency: list[tuple[float, float]] = []  # (received at, latency)
@@ -461,7 +508,7 @@ def offered_load(bootstrap, topic, alerts, rate, seconds, pid):  # type: ignore[
     time.sleep(8)  # both readers joined their groups
     # The load comes from its own process, so that producing never delays the readers here.
     load = multiprocessing.get_context("spawn").Process(
-        target=produce_load, args=(bootstrap, topic, rate, seconds, tag)
+        target=produce_load, args=(bootstrap, topic, rate, seconds, tag, entities)
     )
     load.start()
     time.sleep(min(2.0, seconds / 4))  # the load process starts up
@@ -497,7 +544,9 @@ def offered_load(bootstrap, topic, alerts, rate, seconds, pid):  # type: ignore[
     )
 
 
-def produce_load(bootstrap: str, topic: str, rate: float, seconds: float, tag: str) -> None:
+def produce_load(
+    bootstrap: str, topic: str, rate: float, seconds: float, tag: str, entities: int
+) -> None:
     """``rate`` records/s for ``seconds`` (5% anomalous), each stamped with its send time."""
     rng = np.random.default_rng()
     producer = Producer(
@@ -510,7 +559,12 @@ def produce_load(bootstrap: str, topic: str, rate: float, seconds: float, tag: s
             X = rng.normal(size=(due, D)).round(5)
             X[rng.random(due) < 0.05] += 8.0
             for i in range(due):
-                body = {"id": f"{tag}{sent + i}", "ts": time.time(), "features": X[i].tolist()}
+                body = {
+                    "id": f"{tag}{sent + i}",
+                    "ts": time.time(),
+                    "entity": f"e{(sent + i) % entities}",
+                    "features": X[i].tolist(),
+                }
                 value = json.dumps(body, separators=(",", ":")).encode()
                 while True:
                     try:

@@ -23,7 +23,7 @@ import numpy as np
 
 from training.config import FitConfig
 from training.data import Table, load_table
-from training.evaluate import evaluate, plot_curves, score_table
+from training.evaluate import evaluate, judge, plot_curves, score_table
 from training.exceptions import TrainingError
 from training.fit import fit_bundle
 from training.kafka_window import WindowConfig
@@ -38,7 +38,7 @@ from training.retrain import (
     retrain_once,
     schedule,
 )
-from worker.contract.recent_threshold import DEFAULT_BLOCK_RECORDS, Judgement, RecentThreshold
+from worker.contract.recent_threshold import Judgement
 from worker.contract.records import parse_timestamp
 from worker.contract.registry import Registry, resolve_bundle
 from worker.contract.scoring import Scorer
@@ -127,19 +127,14 @@ def cmd_score(args: argparse.Namespace) -> int:
 def decide(scorer: Scorer, scores: np.ndarray, table: Table, args: argparse.Namespace) -> Judgement:
     """The worker's decisions on the rows, in order (``--threshold-mode`` as
     ``ANOMALY_THRESHOLD_MODE``): the model's threshold, or each entity's recent past."""
-    meta = scorer.metadata
-    if args.threshold_mode == "model":
-        return Judgement(~(scores <= meta.threshold), np.full(len(scores), meta.threshold))
-    entities = table.entities or [None] * len(scores)
-    recent = RecentThreshold(
-        meta.threshold,
-        meta.calibration.expected_alert_rate,
+    return judge(
+        scorer.metadata,
+        scores,
+        table.entities,
+        args.threshold_mode,
         args.recent_window,
-        DEFAULT_BLOCK_RECORDS,
         args.recent_warmup,
-        max_entities=len(set(entities)) + 1,  # offline: nothing forgotten
     )
-    return recent.judge(scores, entities)
 
 
 def cmd_encode(args: argparse.Namespace) -> int:

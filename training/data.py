@@ -12,7 +12,7 @@ import numpy as np
 
 from training.exceptions import DataError
 from worker.contract.decode import decode_batch
-from worker.contract.records import FeatureSchema, labelled_anomaly
+from worker.contract.records import FeatureSchema, labelled_anomaly, parse_timestamp
 
 __all__ = ["LABEL_COLUMNS", "Table", "load_table"]
 
@@ -32,6 +32,21 @@ class Table:
     dropped: dict[str, int] = field(default_factory=dict)
     entities: list[str | None] | None = None
     """Each row's entity (an ``entity`` column or key), when the input has one."""
+    ts: np.ndarray | None = None
+    """Each row's event time in epoch seconds (a ``ts`` column or key), when the input has one."""
+
+    def take(self, keep: np.ndarray) -> Table:
+        """The rows where the boolean mask ``keep`` is true (labels, entities, times along)."""
+        return Table(
+            self.X[keep],
+            self.feature_names,
+            None if self.y is None else self.y[keep],
+            dict(self.dropped),
+            None
+            if self.entities is None
+            else [e for e, k in zip(self.entities, keep.tolist(), strict=True) if k],
+            None if self.ts is None else self.ts[keep],
+        )
 
     def columns_for(self, names: tuple[str, ...]) -> np.ndarray:
         """The rows as float32 with a model's features in the model's order.
@@ -75,11 +90,8 @@ def load_table(path: Path, max_record_bytes: int = 1 << 20) -> Table:
         raise DataError(f"{path}: no feature rows (shape {table.X.shape})")
     finite = np.isfinite(table.X).all(axis=1)
     if not finite.all():
+        table = table.take(finite)
         table.dropped["non_finite"] = int((~finite).sum())
-        table.X = table.X[finite]
-        table.y = None if table.y is None else table.y[finite]
-        if table.entities is not None:
-            table.entities = [e for e, keep in zip(table.entities, finite, strict=True) if keep]
     return table
 
 
@@ -94,6 +106,7 @@ def _load_npz(path: Path) -> Table:
                 tuple(str(n) for n in data["feature_names"]) if "feature_names" in data else None
             )
             data_entities = data["entity"].tolist() if "entity" in data else None
+            ts = _times(data["ts"].tolist(), len(X), path) if "ts" in data else None
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read as npz: {exc}") from exc
     if X.ndim != 2:
@@ -105,7 +118,7 @@ def _load_npz(path: Path) -> Table:
     if y is not None and y.shape != (X.shape[0],):
         raise DataError(f"{path}: labels have shape {y.shape}, expected ({X.shape[0]},)")
     entities = _entities(data_entities, len(X), path) if data_entities is not None else None
-    return Table(X, names, y, entities=entities)
+    return Table(X, names, y, entities=entities, ts=ts)
 
 
 def _entities(values: Any, rows: int, path: Path) -> list[str | None]:
@@ -113,6 +126,16 @@ def _entities(values: Any, rows: int, path: Path) -> list[str | None]:
     if len(entities) != rows:
         raise DataError(f"{path}: {len(entities)} entities for {rows} rows")
     return entities
+
+
+def _times(values: list[Any], rows: int, path: Path) -> np.ndarray:
+    """Event times (epoch seconds or ISO-8601) as float64 epoch seconds."""
+    if len(values) != rows:
+        raise DataError(f"{path}: {len(values)} times for {rows} rows")
+    try:
+        return np.array([parse_timestamp(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path}: a 'ts' value is not a time ({exc})") from exc
 
 
 def _load_csv(path: Path) -> Table:
@@ -124,10 +147,11 @@ def _load_csv(path: Path) -> Table:
         header = [h.strip() for h in header]
         label_col = next((i for i, h in enumerate(header) if h in LABEL_COLUMNS), None)
         entity_col = header.index("entity") if "entity" in header else None
+        ts_col = header.index("ts") if "ts" in header else None
         feature_cols = [
             i for i, h in enumerate(header) if h not in LABEL_COLUMNS and h not in META_COLUMNS
         ]
-        rows, labels, entities = [], [], []
+        rows, labels, entities, times = [], [], [], []
         for line_no, row in enumerate(reader, start=2):
             if not row:
                 continue
@@ -139,12 +163,27 @@ def _load_csv(path: Path) -> Table:
                     labels.append(int(float(row[label_col])))
                 if entity_col is not None:
                     entities.append(row[entity_col] or None)
+                if ts_col is not None:
+                    times.append(_number_or_text(row[ts_col]))
             except ValueError as exc:
                 raise DataError(f"{path}:{line_no}: non-numeric value ({exc})") from exc
     names = tuple(header[i] for i in feature_cols)
     X = np.asarray(rows, dtype=np.float32).reshape(len(rows), len(names))
     y = np.asarray(labels) if label_col is not None else None
-    return Table(X, names, y, entities=entities if entity_col is not None else None)
+    return Table(
+        X,
+        names,
+        y,
+        entities=entities if entity_col is not None else None,
+        ts=_times(times, len(rows), path) if ts_col is not None else None,
+    )
+
+
+def _number_or_text(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def _load_parquet(path: Path) -> Table:
@@ -183,10 +222,15 @@ def _load_parquet(path: Path) -> Table:
     y = None
     if label is not None:
         y = data.column(label).to_numpy(zero_copy_only=False).astype(int)
-    entities = None
+    entities = ts = None
     if "entity" in data.column_names:
         entities = _entities(data.column("entity").to_pylist(), data.num_rows, path)
-    return Table(X, tuple(names), y, entities=entities)
+    if "ts" in data.column_names:
+        values = data.column("ts").to_pylist()
+        # A Parquet timestamp arrives as a datetime; naive means UTC, as in parse_timestamp.
+        values = [v.isoformat() if hasattr(v, "isoformat") else v for v in values]
+        ts = _times(values, data.num_rows, path)
+    return Table(X, tuple(names), y, entities=entities, ts=ts)
 
 
 def _load_jsonl(path: Path, max_record_bytes: int) -> Table:
@@ -216,10 +260,13 @@ def _load_jsonl(path: Path, max_record_bytes: int) -> Table:
     y = np.array([int(label is True) for label in labels], dtype=int)[readable]
     entities = [r.entity for r, keep in zip(decoded.records, readable, strict=True) if keep]
     has_entities = any(e is not None for e in entities)
+    times = [r.ts for r, keep in zip(decoded.records, readable, strict=True) if keep]
+    has_times = all(t is not None for t in times)
     return Table(
         decoded.features[readable],
         names,
         y if y.any() else None,
         dropped,
         entities if has_entities else None,
+        _times(times, len(times), path) if has_times and times else None,
     )

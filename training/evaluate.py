@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from training.data import Table
+from worker.contract.bundle import BundleMetadata
+from worker.contract.recent_threshold import DEFAULT_BLOCK_RECORDS, Judgement, RecentThreshold
 from worker.contract.registry import resolve_bundle
 from worker.contract.scoring import Scorer
 
-__all__ = ["Evaluation", "average_precision", "evaluate", "roc_auc", "score_table"]
+__all__ = ["Evaluation", "average_precision", "evaluate", "judge", "roc_auc", "score_table"]
 
 SCORE_BATCH = 8192
 
@@ -22,6 +25,30 @@ def score_table(model: Path, table: Table, device: str = "cpu") -> tuple[np.ndar
     X = table.columns_for(scorer.metadata.feature_names)
     scores = [scorer.score(X[i : i + SCORE_BATCH]).scores for i in range(0, len(X), SCORE_BATCH)]
     return np.concatenate(scores) if scores else np.empty(0, np.float32), scorer
+
+
+def judge(
+    metadata: BundleMetadata,
+    scores: np.ndarray,
+    entities: Sequence[str | None] | None,
+    mode: str,
+    window: int,
+    warmup: int,
+) -> Judgement:
+    """The worker's decisions on rows in time order, as ``ANOMALY_THRESHOLD_MODE`` ``mode``
+    makes them: the model's threshold, or each entity's recent past (nothing forgotten)."""
+    if mode == "model":
+        return Judgement(~(scores <= metadata.threshold), np.full(len(scores), metadata.threshold))
+    entities = entities or [None] * len(scores)
+    recent = RecentThreshold(
+        metadata.threshold,
+        metadata.calibration.expected_alert_rate,
+        window,
+        DEFAULT_BLOCK_RECORDS,
+        warmup,
+        max_entities=len(set(entities)) + 1,
+    )
+    return recent.judge(scores, entities)
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -51,7 +51,12 @@ def test_a_broker_restarted_empty_is_carried_on_from_without_a_restart(
         log = worker.log()
         assert not worker.exited(), log[-3000:]
         assert anomalies <= seen, (sorted(anomalies - seen), log[-3000:])
-        wait_for(lambda: worker.http("/readyz")[0] == 200, 60, message="ready again")
+        try:
+            wait_for(lambda: worker.http("/readyz")[0] == 200, 60, message="ready again")
+        except AssertionError as exc:  # say why it is not ready, and what the worker logged
+            raise AssertionError(
+                f"{exc}: {worker.http('/readyz')}\n{worker.log()[-3000:]}"
+            ) from exc
         assert worker.terminate() == 0, worker.log()[-3000:]
     finally:
         second.stop()

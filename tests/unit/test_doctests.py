@@ -6,6 +6,7 @@ import importlib
 import pytest
 
 MODULES = [
+    "training.alarm_figures",
     "training.commands",
     "training.reference",
     "worker.contract.drift",

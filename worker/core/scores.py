@@ -15,11 +15,31 @@ import numpy as np
 
 from worker.contract.messages import SourceMessage
 from worker.contract.records import Record, event_time, record_id
-from worker.core.alerts import finite_or_none, threshold_sources
+from worker.core.alerts import threshold_sources
 
 __all__ = ["build_scores"]
 
 _encode = msgspec.json.Encoder().encode
+
+
+class Source(msgspec.Struct):
+    topic: str
+    partition: int
+    offset: int
+
+
+class Score(msgspec.Struct, omit_defaults=True):
+    """One score record (a Struct: encoded about twice as fast as a dict)."""
+
+    id: str
+    entity: str | None
+    ts: float
+    score: float | None
+    threshold: float
+    alert: bool
+    model_version: str
+    source: Source
+    threshold_source: str | None = None
 
 
 def build_scores(
@@ -41,35 +61,35 @@ def build_scores(
     >>> key, sorted(json.loads(value))
     (b'r1', ['alert', 'entity', 'id', 'model_version', 'score', 'source', 'threshold', 'ts'])
     """
-    sources = None if warming is None else threshold_sources(warming)
+    n = len(records)
+    sources = threshold_sources(warming) if warming is not None else [None] * n
+    values = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(values).tolist()
     out = []
-    for i, (record, message, score, threshold, alert) in enumerate(
-        zip(
-            records,
-            messages,
-            np.asarray(scores, dtype=np.float64).tolist(),
-            thresholds.tolist(),
-            alerts.tolist(),
-            strict=True,
-        )
+    for record, message, score, ok, threshold, alert, source in zip(
+        records,
+        messages,
+        values.tolist(),
+        finite,
+        thresholds.tolist(),
+        alerts.tolist(),
+        sources,
+        strict=True,
     ):
         rid = record_id(record, message)
-        body = {
-            "id": rid,
-            "entity": record.entity,
-            "ts": event_time(record, message),
-            "score": finite_or_none(score),
-            "threshold": threshold,
-            "alert": alert,
-            "model_version": model_version,
-            "source": {
-                "topic": message.topic,
-                "partition": message.partition,
-                "offset": message.offset,
-            },
-        }
-        if sources is not None:
-            body["threshold_source"] = sources[i]
+        value = _encode(
+            Score(
+                rid,
+                record.entity,
+                event_time(record, message),
+                score if ok else None,
+                threshold,
+                alert,
+                model_version,
+                Source(message.topic, message.partition, message.offset),
+                source,
+            )
+        )
         key = record.entity if record.entity is not None else rid
-        out.append((key.encode("utf-8"), _encode(body)))
+        out.append((key.encode("utf-8"), value))
     return out

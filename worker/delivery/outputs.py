@@ -174,12 +174,15 @@ class Outputs:
         """Send a score record per scored record (under the same guarantee as alerts); one too
         large to produce (a huge id or entity) is left out, counted."""
         assert self.scores_topic is not None
+        if not outputs:
+            return
+        # One delivery callback for the batch's scores: a refusal stops every commit anyway.
+        watcher = self.failures.watcher(f"{location(sources[0])} (a score of its batch)")
         dropped = 0
-        for (key, value), source in zip(outputs, sources, strict=True):
+        for key, value in outputs:
             if len(key) + len(value) > self.max_record_bytes:
                 dropped += 1
                 continue
-            watcher = self.failures.watcher(location(source))
             self._send(self.scores_topic, key, value, None, watcher)
         if dropped:
             self.metrics.scores_dropped.inc(dropped)

@@ -369,6 +369,17 @@ def test_every_scored_record_has_its_score_on_the_scores_topic(tmp_path):
     assert log == ["flush", "commit"]  # the scores were acknowledged before the commit
 
 
+def test_a_refused_score_stops_before_any_commit(tmp_path, caplog):
+    # No alert in the batch: only its scores are outputs, and one refusal holds the offsets.
+    batch = chunk(messages(0, [record([0, 0, 0, 0], id=f"r{i}") for i in range(5)], start=7))
+    pipeline, consumer, producer, _ = make_pipeline(tmp_path, [batch], scores_topic="scores")
+    producer.fail_with = TransportError("no ack")
+    with pytest.raises(DeliveryError, match="not acknowledged"):
+        run_once(pipeline)
+    assert consumer.commits == [] and len(producer.sent) == 5
+    assert "in[0]@7 (a score of its batch)" in caplog.text
+
+
 def test_scores_go_in_the_transaction_with_exactly_once(tmp_path):
     from tests.fakes import TransactionalProducer
 

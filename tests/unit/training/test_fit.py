@@ -109,6 +109,25 @@ def test_csv_and_jsonl_inputs(tmp_path):
     assert table.y.tolist() == [0, 1, 0] and table.dropped == {"invalid_label": 1}
 
 
+def test_event_times_and_entities_come_along_in_every_format(tmp_path):
+    csv = tmp_path / "rows.csv"
+    csv.write_text(
+        "entity,ts,cpu\nh1,2024-01-01T00:01:00Z,1\nh2,1704067200,2\nh1,1704067260.5,nan\n"
+    )
+    table = load_table(csv)
+    assert table.entities == ["h1", "h2"]  # the non-finite row left with its time and entity
+    assert table.ts.tolist() == [1704067260.0, 1704067200.0]
+    npz = tmp_path / "rows.npz"
+    np.savez(npz, X=np.ones((2, 1)), ts=np.array([5.0, 6.0]), entity=np.array(["a", "b"]))
+    assert load_table(npz).ts.tolist() == [5.0, 6.0]
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text('{"features": [1], "ts": 7}\n{"features": [2], "ts": "1970-01-01T00:00:08"}\n')
+    assert load_table(jsonl).ts.tolist() == [7.0, 8.0]
+    csv.write_text("ts,cpu\nyesterday,1\n")
+    with pytest.raises(DataError, match="'ts' value is not a time"):
+        load_table(csv)
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
