@@ -157,9 +157,9 @@ def summary(rows: list[dict], protocols: list[str]) -> str:
         lines += [
             f"### Protocol `{protocol}`",
             "",
-            "| detector | VUS-PR | AUC-PR | AUC-ROC | false-alarm rate: mean (worst entity) "
-            "| event recall: all / metric / temporal |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            "| detector | seeds | VUS-PR | AUC-PR | AUC-ROC "
+            "| false-alarm rate: mean (worst entity) | event recall: all / metric / temporal |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         names = [(OURS, mode) for mode in MODES] + [(p, None) for p in PEERS]
         for detector, mode in names:
@@ -179,12 +179,26 @@ def summary(rows: list[dict], protocols: list[str]) -> str:
                     f"{np.nanmean([r.get(f'event_recall_{k}', np.nan) for r in picked]):.2f}"
                     for k in ("all", "metric", "temporal")
                 )
+            seeds = len({r["seed"] for r in picked})
             lines.append(
-                f"| {label} | {mean['vus_pr']:.3f} | {mean['auc_pr']:.3f} | "
+                f"| {label} | {seeds} | {mean['vus_pr']:.3f} | {mean['auc_pr']:.3f} | "
                 f"{mean['auc_roc']:.3f} | {far} | {recall} |"
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def read_row(row: dict[str, str]) -> dict:
+    """A row of the CSV ``run`` wrote, its figures as numbers again."""
+    out: dict = {}
+    for key, value in row.items():
+        if key in ("protocol", "entity", "detector", "mode"):
+            out[key] = value or None
+        elif key == "seed":
+            out[key] = int(value)
+        elif value != "":
+            out[key] = float(value)
+    return out
 
 
 def main() -> int:
@@ -198,7 +212,22 @@ def main() -> int:
     parser.add_argument("--fast", action="store_true", help="3 entities, 1 seed, ours and PCA")
     parser.add_argument("--csv", type=Path, default=ROOT / "docs" / "telemetry.csv")
     parser.add_argument("--markdown", type=Path, help="write the summary tables here")
+    parser.add_argument(
+        "--summarise",
+        nargs="+",
+        type=Path,
+        help="only summarise earlier runs' CSVs together (e.g. 3 seeds of most detectors and "
+        "1 of the slow, deterministic KNN)",
+    )
     args = parser.parse_args()
+    if args.summarise:
+        rows = [read_row(r) for path in args.summarise for r in csv.DictReader(path.open())]
+        protocols = [p for p in ("per-entity", "short") if any(r["protocol"] == p for r in rows)]
+        text = summary(rows, protocols)
+        print(text)
+        if args.markdown:
+            args.markdown.write_text(text)
+        return 0
     split_list = lambda text: [x for x in text.split(",") if x]  # noqa: E731
     args.seeds = [int(s) for s in split_list(args.seeds)]
     args.protocols = split_list(args.protocols)
