@@ -46,6 +46,7 @@ from training.fit import fit_bundle
 from worker.contract.recent_threshold import DEFAULT_WARMUP_RECORDS, DEFAULT_WINDOW_RECORDS
 from worker.contract.registry import resolve_bundle
 from worker.contract.scoring import Scorer
+from worker.exceptions import WorkerError
 
 __all__ = ["main"]
 
@@ -130,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         workdir.mkdir(parents=True, exist_ok=True)
         model = args.model or fit(dataset, workdir / "model", args)
-        offline = score_offline(model, dataset, args)
+        try:
+            offline = score_offline(model, dataset, args)
+        except WorkerError as exc:  # not a bundle, a checksum mismatch, an empty registry
+            print(f"anomaly-replay: {exc}", file=sys.stderr)
+            return 2
         online, seconds = through_worker(dataset, model, workdir, args, stack)
     text, worst, missing = report(dataset, online, offline, args.output)
     print(text)
@@ -229,12 +234,21 @@ def through_worker(
     )
     stack.callback(stop_process, worker)
     if not wait_ready(port, worker, 60):
-        raise SystemExit(f"anomaly-replay: the worker did not become ready; see {log_path}")
+        raise SystemExit(worker_failed("the worker did not become ready", log_path))
     print(f"streaming into {topics['input']} ...", flush=True)
     started = time.monotonic()
     ids = send(bootstrap, topics["input"], dataset, args.speed)
     online = read_scores(bootstrap, topics["scores"], ids, dataset, args.timeout, worker)
+    if worker.poll() is not None:
+        raise SystemExit(
+            worker_failed(f"the worker exited ({worker.returncode}) before every score", log_path)
+        )
     return online, time.monotonic() - started
+
+
+def worker_failed(what: str, log_path: Path) -> str:
+    tail = log_path.read_text(errors="replace")[-2000:] if log_path.is_file() else ""
+    return f"anomaly-replay: {what}; its log ends:\n{tail}"
 
 
 def send(bootstrap: str, topic: str, dataset: ReplaySet, speed: float) -> int:

@@ -94,3 +94,23 @@ def test_bad_datasets_and_options_are_one_line(tmp_path, capsys, monkeypatch, ar
     assert replay(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_a_worker_that_cannot_start_is_said_with_its_log(tmp_path, capsys, monkeypatch):
+    write_rows(tmp_path / "rows.csv", np.random.default_rng(1))
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'worker: cannot start (boom)'\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr("demo.replay.sys.executable", str(fake))
+    with pytest.raises(SystemExit) as stopped:
+        replay([str(tmp_path / "rows.csv"), "--epochs", "5"])
+    message = str(stopped.value)
+    assert "the worker did not become ready" in message and "cannot start (boom)" in message
+
+
+def test_a_model_that_is_not_a_bundle_is_one_line(tmp_path, capsys):
+    write_rows(tmp_path / "rows.csv", np.random.default_rng(1))
+    (tmp_path / "empty").mkdir()
+    assert replay([str(tmp_path / "rows.csv"), "--model", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not a model bundle" in err and "\n" not in err
