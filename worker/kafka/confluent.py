@@ -258,7 +258,8 @@ class ConfluentConsumer:
         where = (
             ck.OFFSET_END if self._config["auto.offset.reset"] == "latest" else ck.OFFSET_BEGINNING
         )
-        for partition in sorted(partitions):
+        held = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        for partition in sorted(partitions & held):  # a rebalance may be under way
             self._consumer.seek(ck.TopicPartition(*partition, where))
 
     def highwater(self, partition: Partition) -> int | None:

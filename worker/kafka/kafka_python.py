@@ -156,7 +156,12 @@ class KafkaPythonConsumer:
         return None if found is None else str(found)
 
     def reset_positions(self, partitions: set[Partition]) -> None:
-        tps = [_tp(p) for p in sorted(partitions)]
+        # Only partitions the client holds now (a rebalance may be under way); and never
+        # none: kafka-python's seek_to_* with no partition means every assigned one.
+        held = self._consumer.assignment()
+        tps = [tp for tp in (_tp(p) for p in sorted(partitions)) if tp in held]
+        if not tps:
+            return
         if self._config["auto_offset_reset"] == "latest":
             self._consumer.seek_to_end(*tps)
         else:

@@ -198,7 +198,9 @@ class Consumer(Protocol):
 
     def reset_positions(self, partitions: set[Partition]) -> None:
         """Read ``partitions`` again from where ``ANOMALY_AUTO_OFFSET_RESET`` says (their
-        beginning or their end), as for a group with no committed offset."""
+        beginning or their end), as for a group with no committed offset. Partitions the
+        client does not hold (any more) are left alone: whoever gets them next reads them from
+        the group's offsets."""
         ...
 
     def link_age(self) -> float | None:

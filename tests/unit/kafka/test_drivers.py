@@ -106,3 +106,60 @@ def test_confluent_poll_returns_the_first_record_without_waiting_for_a_full_batc
     assert chunk.values == [b"a", b"b", b"c"]
     assert chunk.last == {("in", 0): 6, ("in", 1): 9}
     assert all(c[0] == "poll" or c[2] == 0 for c in calls)
+
+
+@pytest.mark.parametrize("reset", ["earliest", "latest"])
+def test_kafka_python_resets_only_partitions_it_still_holds(reset):
+    """A recreated topic noticed while a rebalance moves partitions (seen after a broker
+    restarted empty): seeking a partition the client no longer holds, or none at all (which
+    kafka-python reads as *every* assigned one), crashed the worker."""
+    from kafka import TopicPartition
+
+    from worker.kafka.kafka_python import KafkaPythonConsumer
+
+    class Client:
+        def __init__(self, held):
+            self.held, self.seeks = held, []
+
+        def assignment(self):
+            return set(self.held)
+
+        def seek_to_beginning(self, *tps):
+            assert tps and set(tps) <= self.held, "kafka-python raises here"
+            self.seeks.append(("beginning", sorted(tps)))
+
+        def seek_to_end(self, *tps):
+            assert tps and set(tps) <= self.held, "kafka-python raises here"
+            self.seeks.append(("end", sorted(tps)))
+
+    consumer = KafkaPythonConsumer.__new__(KafkaPythonConsumer)
+    consumer._config = {"auto_offset_reset": reset}
+    consumer._consumer = Client(set())
+    consumer.reset_positions({("in", 0), ("in", 1)})  # nothing held: nothing to do
+    consumer.reset_positions(set())
+    assert consumer._consumer.seeks == []
+    consumer._consumer = Client({TopicPartition("in", 1)})
+    consumer.reset_positions({("in", 0), ("in", 1)})
+    where = "beginning" if reset == "earliest" else "end"
+    assert consumer._consumer.seeks == [(where, [TopicPartition("in", 1)])]
+
+
+def test_confluent_resets_only_partitions_it_still_holds():
+    import confluent_kafka as ck
+
+    from worker.kafka.confluent import ConfluentConsumer
+
+    class Client:
+        seeks: list = []
+
+        def assignment(self):
+            return [ck.TopicPartition("in", 1)]
+
+        def seek(self, tp):
+            self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+    consumer = ConfluentConsumer.__new__(ConfluentConsumer)
+    consumer._config = {"auto.offset.reset": "earliest"}
+    consumer._consumer = Client()
+    consumer.reset_positions({("in", 0), ("in", 1)})
+    assert consumer._consumer.seeks == [("in", 1, ck.OFFSET_BEGINNING)]
