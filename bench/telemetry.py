@@ -41,13 +41,11 @@ sys.path.insert(0, str(ROOT))
 
 from training.alarm_figures import Segment, alarm_figures, vus_pr  # noqa: E402
 from training.config import FitConfig  # noqa: E402
-from training.evaluate import average_precision, roc_auc  # noqa: E402
+from training.evaluate import average_precision, judge, roc_auc  # noqa: E402
 from training.fit import train  # noqa: E402
 from worker.contract.recent_threshold import (  # noqa: E402
-    DEFAULT_BLOCK_RECORDS,
     DEFAULT_WARMUP_RECORDS,
     DEFAULT_WINDOW_RECORDS,
-    RecentThreshold,
 )
 
 DATA = ROOT.parent / "shared" / "data" / "telemetry"
@@ -102,12 +100,11 @@ def our_scores(seed: int, fit_rows: np.ndarray, test: np.ndarray, fast: bool):
 
 
 def decisions(mode: str, scores: np.ndarray, threshold: float, rate: float) -> np.ndarray:
-    if mode == "model":
-        return ~(scores <= threshold)
-    recent = RecentThreshold(
-        threshold, rate, DEFAULT_WINDOW_RECORDS, DEFAULT_BLOCK_RECORDS, DEFAULT_WARMUP_RECORDS
+    """The worker's decisions on one entity's rows (anomaly-train score's code)."""
+    judged = judge(
+        threshold, rate, scores, None, mode, DEFAULT_WINDOW_RECORDS, DEFAULT_WARMUP_RECORDS
     )
-    return recent.judge(scores, [None] * len(scores)).alert
+    return judged.alert
 
 
 def run(args: argparse.Namespace) -> list[dict]:

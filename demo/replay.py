@@ -40,17 +40,13 @@ from demo.replay_data import ReplayError, ReplaySet, load_file, load_telemetry
 from demo.replay_report import Decisions, report
 from training.config import FitConfig
 from training.data import Table
-from training.evaluate import judge
+from training.evaluate import judge, score_table
 from training.exceptions import TrainingError
 from training.fit import fit_bundle
 from worker.contract.recent_threshold import DEFAULT_WARMUP_RECORDS, DEFAULT_WINDOW_RECORDS
-from worker.contract.registry import resolve_bundle
-from worker.contract.scoring import Scorer
 from worker.exceptions import WorkerError
 
 __all__ = ["main"]
-
-SCORE_BATCH = 8192
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -167,15 +163,20 @@ def stream_order(dataset: ReplaySet) -> tuple[np.ndarray, np.ndarray]:
 
 def score_offline(model: Path, dataset: ReplaySet, args: argparse.Namespace) -> list[Decisions]:
     """What ``anomaly-train score`` decides for the rows in time order, per entity."""
-    scorer = Scorer.load(resolve_bundle(model)[0], "cpu")
     entity, row = stream_order(dataset)
     X = np.stack([dataset.entities[k].X[r] for k, r in zip(entity, row, strict=True)])
-    scores = np.concatenate(
-        [scorer.score(X[i : i + SCORE_BATCH]).scores for i in range(0, len(X), SCORE_BATCH)]
-    ).astype(np.float64)
+    scored, scorer = score_table(model, Table(X, dataset.feature_names))
+    scores = scored.astype(np.float64)
     names = [dataset.entities[k].name for k in entity.tolist()]
+    meta = scorer.metadata
     judged = judge(
-        scorer.metadata, scores, names, args.threshold_mode, args.recent_window, args.recent_warmup
+        meta.threshold,
+        meta.calibration.expected_alert_rate,
+        scores,
+        names,
+        args.threshold_mode,
+        args.recent_window,
+        args.recent_warmup,
     )
     out = []
     for k, e in enumerate(dataset.entities):

@@ -127,8 +127,10 @@ def cmd_score(args: argparse.Namespace) -> int:
 def decide(scorer: Scorer, scores: np.ndarray, table: Table, args: argparse.Namespace) -> Judgement:
     """The worker's decisions on the rows, in order (``--threshold-mode`` as
     ``ANOMALY_THRESHOLD_MODE``): the model's threshold, or each entity's recent past."""
+    meta = scorer.metadata
     return judge(
-        scorer.metadata,
+        meta.threshold,
+        meta.calibration.expected_alert_rate,
         scores,
         table.entities,
         args.threshold_mode,

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from training.data import Table
-from worker.contract.bundle import BundleMetadata
 from worker.contract.recent_threshold import DEFAULT_BLOCK_RECORDS, Judgement, RecentThreshold
 from worker.contract.registry import resolve_bundle
 from worker.contract.scoring import Scorer
@@ -28,7 +27,8 @@ def score_table(model: Path, table: Table, device: str = "cpu") -> tuple[np.ndar
 
 
 def judge(
-    metadata: BundleMetadata,
+    threshold: float,
+    rate: float,
     scores: np.ndarray,
     entities: Sequence[str | None] | None,
     mode: str,
@@ -36,13 +36,14 @@ def judge(
     warmup: int,
 ) -> Judgement:
     """The worker's decisions on rows in time order, as ``ANOMALY_THRESHOLD_MODE`` ``mode``
-    makes them: the model's threshold, or each entity's recent past (nothing forgotten)."""
+    makes them: the model's ``threshold``, or each entity's recent past at the model's alert
+    ``rate`` (nothing forgotten)."""
     if mode == "model":
-        return Judgement(~(scores <= metadata.threshold), np.full(len(scores), metadata.threshold))
+        return Judgement(~(scores <= threshold), np.full(len(scores), threshold))
     entities = entities or [None] * len(scores)
     recent = RecentThreshold(
-        metadata.threshold,
-        metadata.calibration.expected_alert_rate,
+        threshold,
+        rate,
         window,
         DEFAULT_BLOCK_RECORDS,
         warmup,
