@@ -208,11 +208,23 @@ def chunk(*parts):
     )
 
 
-def make_pipeline(tmp_path, batches, consumer=None, producer=None, clock=time.monotonic, **config):
-    """A pipeline over the distance bundle (threshold 4) and fakes; ``config`` overrides
-    :class:`~worker.app.PipelineConfig`'s test defaults. Returns (pipeline, consumer,
-    producer, log): ``log`` lists the flushes and commits in order."""
-    write_distance_bundle(tmp_path)
+def make_pipeline(
+    tmp_path,
+    batches,
+    consumer=None,
+    producer=None,
+    clock=time.monotonic,
+    bundle=None,
+    metrics=None,
+    **config,
+):
+    """A pipeline over the distance bundle (threshold 4; or the bundle at ``bundle``, at its
+    threshold) and fakes; ``config`` overrides :class:`~worker.app.PipelineConfig`'s test
+    defaults. Returns (pipeline, consumer, producer, log): ``log`` lists the flushes and
+    commits in order."""
+    if bundle is None:
+        write_distance_bundle(tmp_path)
+    scorer = Scorer.load(bundle or tmp_path, "cpu")
     log = []
     consumer = consumer(log) if consumer is not None else FakeConsumer(log, batches)
     producer = producer(log) if producer is not None else FakeProducer(log)
@@ -231,9 +243,9 @@ def make_pipeline(tmp_path, batches, consumer=None, producer=None, clock=time.mo
         PipelineConfig(**{**defaults, **config}),
         consumer,
         producer,
-        Scorer.load(tmp_path, "cpu"),
-        Threshold(4.0),
-        WorkerMetrics(),
+        scorer,
+        Threshold(scorer.metadata.threshold),
+        metrics or WorkerMetrics(),
         HealthState(60),
         clock=clock,
     )

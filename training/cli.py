@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from training import commands
 from training.config import FitConfig
+from training.entity_options import add_entity_options
 from training.exceptions import TrainingError
 from training.kafka_window import WindowConfig
 from training.model import ACTIVATIONS
@@ -111,8 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=int,
             default=FIT.memory_rows,
             help="combined score: normal training rows remembered for the neighbour distance "
-            "(%(default)s; 512: ~0.5 us less per record on CPU, a little less accurate on clean "
-            "training data)",
+            "(%(default)s; 512: ~0.5 us less per record on CPU, a little less accurate)",
         )
         g.add_argument(
             "--memory-subsets",
@@ -136,14 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
             "of the memory (%(default)s)",
         )
         g.add_argument("--epochs", type=int, default=FIT.epochs)
-        g.add_argument(
-            "--patience", type=int, default=FIT.patience, help="early stopping patience (epochs)"
-        )
+        g.add_argument("--patience", type=int, default=FIT.patience, help="early stopping (epochs)")
         g.add_argument("--batch-size", type=int, default=FIT.batch_size)
         g.add_argument("--learning-rate", type=float, default=FIT.learning_rate)
         g.add_argument("--seed", type=int, default=FIT.seed, help="same seed and data: same model")
         g.add_argument("--device", choices=["cpu", "cuda"], default=FIT.device)
         g.add_argument("--no-progress", action="store_true", help="no progress bar")
+        add_entity_options(p)
 
     def kafka_options(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("Kafka window (defaults: the worker's ANOMALY_* settings)")

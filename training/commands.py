@@ -23,6 +23,7 @@ import numpy as np
 
 from training.config import FitConfig
 from training.data import Table, load_table
+from training.entity_options import entity_settings
 from training.evaluate import evaluate, judge, plot_curves, score_table
 from training.exceptions import TrainingError
 from training.fit import fit_bundle
@@ -75,14 +76,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
         version = register(writable, table, config, exclusions)
         print(version)
         if args.promote:
-            sample = load_table(args.sample).X if args.sample else None
+            sampled = load_table(args.sample) if args.sample else None
             result = promote(
                 writable,
                 version,
-                sample,
+                None if sampled is None else sampled.X,
                 gate,
                 force=args.force,
                 allow_feature_change=args.allow_feature_change,
+                sample_entities=None if sampled is None else sampled.entities,
             )
             print(gate_line(version, result))
             return 0 if result.accepted else EXIT_REJECTED
@@ -194,19 +196,20 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 def cmd_models_promote(args: argparse.Namespace) -> int:
     registry = WritableRegistry(args.registry)
-    sample: np.ndarray | None = None
+    sampled: Table | None = None
     if args.sample:
-        sample = load_table(args.sample).X
+        sampled = load_table(args.sample)
     elif args.sample_from_kafka:
         traffic, _ = kafka_traffic(kafka_settings(args), window_config(args), registry)
-        sample = traffic.table.X
+        sampled = traffic.table
     result = promote(
         registry,
         args.version,
-        sample,
+        None if sampled is None else sampled.X,
         gate_config(args),
         force=args.force,
         allow_feature_change=args.allow_feature_change,
+        sample_entities=None if sampled is None else sampled.entities,
     )
     print(gate_line(args.version, result))
     return 0 if result.accepted else EXIT_REJECTED
@@ -290,6 +293,7 @@ def fit_config(args: argparse.Namespace, kafka: bool) -> FitConfig:
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
+        **entity_settings(args),
     )
 
 

@@ -61,6 +61,16 @@ class FitConfig:
     memory_trim: float = 0.05
     """combined score: share of sampled rows with the most extreme feature values left out of
     the memory, so anomalies in the training traffic do not become "normal" neighbours."""
+    per_entity: bool = False
+    """Give each entity with enough rows its own baseline (``training.baselines``)."""
+    min_entity_rows: int = 500
+    """per-entity: normal rows an entity needs for its own baseline."""
+    max_baselines: int = 10_000
+    """per-entity: at most this many baselines (the entities with the most rows)."""
+    entity_memory_rows: int = 256
+    """per-entity: rows each entity baseline remembers for the neighbour term."""
+    entity_tail_cells: int = 256
+    """per-entity: cells of each entity baseline's tail table per feature."""
     seed: int = 0
     device: str = "cpu"
     progress: bool = False
@@ -95,5 +105,22 @@ class FitConfig:
             )
         if not 0 <= self.memory_trim < 0.5:
             problems.append(f"memory trim must be in [0, 0.5), got {self.memory_trim}")
+        if self.min_entity_rows < 20 or self.max_baselines < 1:
+            problems.append(
+                f"need min entity rows >= 20 and max baselines >= 1, got "
+                f"{self.min_entity_rows}, {self.max_baselines}"
+            )
+        if not self.memory_subsets <= self.entity_memory_rows or self.entity_tail_cells < 8:
+            problems.append(
+                f"need memory subsets <= entity memory rows and entity tail cells >= 8, got "
+                f"{self.entity_memory_rows}, {self.entity_tail_cells}"
+            )
+        if self.memory_subsets >= 1 and self.entity_memory_rows % self.memory_subsets:
+            problems.append(
+                f"entity memory rows ({self.entity_memory_rows}) must split into "
+                f"{self.memory_subsets} equal subsets"
+            )
+        if self.per_entity and (self.score != "combined" or self.loss != "mse"):
+            problems.append("per-entity baselines need score combined and loss mse")
         if problems:
             raise TrainingError("; ".join(problems))

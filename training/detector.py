@@ -11,7 +11,7 @@ from torch import nn
 
 from training.model import EnsembleModule, robust_scaling
 
-__all__ = ["COMPONENTS", "DetectorModule", "TailLookup", "two_sided_tail"]
+__all__ = ["COMPONENTS", "DetectorModule", "TailLookup", "neighbour_scaling", "two_sided_tail"]
 
 COMPONENTS = ("reconstruction", "neighbours", "tails")
 #: Rows whose distances to the memory are computed at once (see DetectorModule._parts).
@@ -19,6 +19,17 @@ NEIGHBOUR_BLOCK_ROWS = 512
 
 
 TAIL_CELLS = 1024
+CONSTANT_RELATIVE_SCALE = 1e-3
+
+
+def neighbour_scaling(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Center and scale of the neighbour space: median and IQR / 1.349 (the standard deviation
+    of normal data); a column whose IQR is 0 (mostly one value) uses its standard deviation,
+    and a column constant in training counts a change of 0.1% of its value (or of 0.001) as
+    one unit, so a never-seen value there is far from every remembered row."""
+    X = np.asarray(X, dtype=np.float64)
+    constant = CONSTANT_RELATIVE_SCALE * np.maximum(np.abs(np.median(X, axis=0)), 1.0)
+    return robust_scaling(X, constant)
 
 
 def two_sided_tail(sorted_values: np.ndarray, points: np.ndarray) -> np.ndarray:

@@ -19,10 +19,17 @@ SCORE_BATCH = 8192
 
 
 def score_table(model: Path, table: Table, device: str = "cpu") -> tuple[np.ndarray, Scorer]:
-    """One score per row, in order, through :class:`worker.contract.scoring.Scorer`."""
+    """One score per row, in order, through :class:`worker.contract.scoring.Scorer` (each row
+    by its entity's baseline when the bundle has them and the table says each row's entity)."""
     scorer = Scorer.load(resolve_bundle(model)[0], device)
     X = table.columns_for(scorer.metadata.feature_names)
-    scores = [scorer.score(X[i : i + SCORE_BATCH]).scores for i in range(0, len(X), SCORE_BATCH)]
+    entities = table.entities
+    scores = [
+        scorer.score(
+            X[i : i + SCORE_BATCH], None if entities is None else entities[i : i + SCORE_BATCH]
+        ).scores
+        for i in range(0, len(X), SCORE_BATCH)
+    ]
     return np.concatenate(scores) if scores else np.empty(0, np.float32), scorer
 
 

@@ -6,7 +6,7 @@ import hashlib
 import io
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from training.baselines import build_entity_detector, route
 from training.config import FitConfig
 from training.data import Table
-from training.detector import COMPONENTS, DetectorModule, TailLookup
+from training.detector import COMPONENTS, DetectorModule, TailLookup, neighbour_scaling
 from training.exceptions import TrainingError
-from training.model import EnsembleModule, ScoringModule, robust_scaling
+from training.model import EnsembleModule, ScoringModule
 from training.optimise import ERROR_FLOOR, fit_ensemble, layer_widths, scores_of
 from training.publish import write_bundle
 from training.reference import build_reference
@@ -40,7 +41,6 @@ MAD_TO_SIGMA = 1.4826
 COMPONENT_WEIGHTS = {"reconstruction": 0.2, "neighbours": 0.6, "tails": 0.2}
 """How the default ``combined`` score weighs its components (``DetectorModule``)."""
 COMPONENT_QUANTILE = 0.99
-CONSTANT_RELATIVE_SCALE = 1e-3
 
 
 @dataclass
@@ -50,6 +50,8 @@ class FitResult:
     calibration: ThresholdCalibration
     report: dict[str, Any] = field(default_factory=dict)
     drift_reference: DriftReference | None = None
+    baselines: tuple[str, ...] = ()
+    """Entities with their own baseline (``--per-entity``), in the module's index order."""
 
 
 def calibrate(scores: np.ndarray, config: FitConfig) -> tuple[float, ThresholdCalibration]:
@@ -77,18 +79,30 @@ def calibrate(scores: np.ndarray, config: FitConfig) -> tuple[float, ThresholdCa
     )
 
 
-def train(X: np.ndarray, config: FitConfig) -> FitResult:
-    """Train on ``X`` (normal rows) and calibrate the threshold on a held-out split."""
+def train(
+    X: np.ndarray, config: FitConfig, entities: Sequence[str | None] | None = None
+) -> FitResult:
+    """Train on ``X`` (normal rows) and calibrate the threshold on a held-out split; with
+    ``config.per_entity``, ``entities`` (each row's) get baselines of their own."""
     config.validate()
     n, d = X.shape
     if n < MIN_ROWS:
         raise TrainingError(f"need at least {MIN_ROWS} normal rows to train, got {n}")
+    if config.per_entity and (entities is None or len(entities) != n):
+        raise TrainingError(
+            "--per-entity needs each row's entity: an 'entity' column in the file, or keyed "
+            "records from Kafka"
+        )
     if config.loss == "bce" and (X.min() < 0 or X.max() > 1):
         raise TrainingError("loss 'bce' needs every feature in [0, 1]; use 'mse' or rescale")
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(n)
     n_val = max(round(n * config.validation_fraction), 10)
     X_val, X_train = X[order[:n_val]], X[order[n_val:]]
+    train_entities = val_entities = None
+    if entities is not None:
+        train_entities = [entities[i] for i in order[n_val:].tolist()]
+        val_entities = [entities[i] for i in order[:n_val].tolist()]
 
     model, history, best_epoch = fit_ensemble(X_train, X_val, config)
     trimmed = 0
@@ -98,6 +112,8 @@ def train(X: np.ndarray, config: FitConfig) -> FitResult:
         trimmed = int((~keep).sum())
         logger.info("robust pass: dropping the %d worst-reconstructed rows and refitting", trimmed)
         X_train = X_train[keep]
+        if train_entities is not None:
+            train_entities = [e for e, k in zip(train_entities, keep.tolist(), strict=True) if k]
         model, history, best_epoch = fit_ensemble(X_train, X_val, config)
 
     autoencoders = model
@@ -105,7 +121,22 @@ def train(X: np.ndarray, config: FitConfig) -> FitResult:
     module: torch.nn.Module = autoencoders
     if config.score == "combined":
         module, score_report = _detector(autoencoders, X_train, X_val, config)
-    val_scores = scores_of(module, X_val)
+    chosen: tuple[str, ...] = ()
+    if config.per_entity:
+        assert isinstance(module, DetectorModule) and train_entities and val_entities
+        weights = np.array([COMPONENT_WEIGHTS[c] for c in COMPONENTS], dtype=np.float32)
+        baselines = build_entity_detector(
+            module, X_train, train_entities, X_val, val_entities, weights, config
+        )
+        score_report["baselines"] = baselines.report if baselines else {"entities": 0}
+        if baselines is not None:
+            module, chosen = baselines.module, baselines.entities
+            with torch.no_grad():
+                index = torch.as_tensor(route(val_entities, chosen))
+                routed = baselines.module.routed(torch.as_tensor(X_val), index)
+            val_scores = routed[0].numpy().astype(np.float64)
+    if not chosen:
+        val_scores = scores_of(module, X_val)
     threshold, calibration = calibrate(val_scores, config)
     with torch.no_grad():
         _, val_errors, _ = autoencoders(torch.as_tensor(X_val))
@@ -145,7 +176,9 @@ def train(X: np.ndarray, config: FitConfig) -> FitResult:
     # What the worker compares live traffic with: the training rows' deciles per feature and
     # the held-out rows' score deciles.
     reference = build_reference(X, val_scores)
-    return FitResult(torch.jit.script(module), threshold, calibration, report, reference)
+    return FitResult(
+        torch.jit.script(module), threshold, calibration, report, reference, baselines=chosen
+    )
 
 
 def _detector(
@@ -202,27 +235,17 @@ def _detector(
     return module, report
 
 
-def neighbour_scaling(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Center and scale of the neighbour space: median and IQR / 1.349 (the standard deviation
-    of normal data); a column whose IQR is 0 (mostly one value) uses its standard deviation,
-    and a column constant in training counts a change of 0.1% of its value (or of 0.001) as
-    one unit, so a never-seen value there is far from every remembered row."""
-    X = np.asarray(X, dtype=np.float64)
-    constant = CONSTANT_RELATIVE_SCALE * np.maximum(np.abs(np.median(X, axis=0)), 1.0)
-    return robust_scaling(X, constant)
-
-
 def build_bundle(
     table: Table, config: FitConfig, exclusions: dict[str, int] | None = None
 ) -> tuple[bytes, BundleMetadata, FitResult]:
     """Train on the normal rows of ``table``; return the TorchScript bytes and the metadata."""
-    X = table.X
     excluded = {**table.dropped, **(exclusions or {})}
     if table.y is not None:
         anomalous = table.y != 0
         excluded["labelled_anomaly"] = excluded.get("labelled_anomaly", 0) + int(anomalous.sum())
-        X = X[~anomalous]
-    result = train(np.ascontiguousarray(X, dtype=np.float32), config)
+        table = table.take(~anomalous)
+    X = np.ascontiguousarray(table.X, dtype=np.float32)
+    result = train(X, config, table.entities if config.per_entity else None)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is the bundle format
@@ -243,6 +266,7 @@ def build_bundle(
         torch_version=torch.__version__,
         created_at=created.isoformat(),
         drift_reference=result.drift_reference,
+        baselines=result.baselines,
     )
     return model_bytes, metadata, result
 

@@ -274,12 +274,19 @@ def normal_traffic(
     keep &= ~on_alert_topic
     scores = np.empty(0)
     if current is not None and len(decoded.features):
-        scores = current.score(decoded.features).scores
+        entities = [r.entity for r in decoded.records]
+        scores = current.score(decoded.features, entities).scores
         above = scores > current.metadata.threshold
         excluded["above_current_threshold"] = int((above & keep).sum())
         keep &= ~above
     timestamps = np.array([records[int(p)].timestamp for p in decoded.positions], dtype=np.float64)
-    table = Table(decoded.features[keep], feature_names)
+    kept = [r.entity for r, k in zip(decoded.records, keep.tolist(), strict=True) if k]
+    # Each row's entity (for --per-entity), when the records name one.
+    table = Table(
+        decoded.features[keep],
+        feature_names,
+        entities=kept if any(e is not None for e in kept) else None,
+    )
     logger.info(
         "normal traffic: %d rows kept of %d read; excluded %s", keep.sum(), len(records), excluded
     )

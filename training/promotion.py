@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,9 +106,14 @@ def register(
     return metadata.version
 
 
-def sample_error(scorer: Scorer, X: np.ndarray, spread: np.ndarray) -> float:
+def sample_error(
+    scorer: Scorer,
+    X: np.ndarray,
+    spread: np.ndarray,
+    entities: Sequence[str | None] | None = None,
+) -> float:
     """Median over rows of the mean squared, spread-normalised error of the model's expectation."""
-    _, expected = scorer.score(X).details(np.arange(len(X)))
+    _, expected = scorer.score(X, entities).details(np.arange(len(X)))
     return float(np.median((((X - expected) / spread) ** 2).mean(axis=1)))
 
 
@@ -118,11 +124,13 @@ def gate(
     config: GateConfig,
     device: str = "cpu",
     allow_feature_change: bool = False,
+    entities: Sequence[str | None] | None = None,
 ) -> GateResult:
     """The gate's verdict on ``version`` for a ``sample`` of recent normal traffic (in the
     candidate's features). A candidate of other features than the current model's fails it,
     unless ``allow_feature_change``: then it is judged on its own (the two models' errors
-    cannot be compared)."""
+    cannot be compared). With the sample's ``entities``, a model with entity baselines is
+    judged as the worker serves it: each sampled row by its entity's baseline."""
     try:
         candidate = Scorer.load(registry.path_of(version), device)
     except BundleError as exc:
@@ -152,7 +160,7 @@ def gate(
         return GateResult(False, reasons, measurements)
     X = np.ascontiguousarray(sample, dtype=np.float32)
     expected_rate = meta.calibration.expected_alert_rate
-    alerts = int((candidate.score(X).scores > meta.threshold).sum())
+    alerts = int((candidate.score(X, entities).scores > meta.threshold).sum())
     rate = alerts / len(X)
     fewer, more = alert_count_tails(
         alerts, len(X), expected_rate, meta.calibration.calibration_rows
@@ -179,7 +187,8 @@ def gate(
             )
     if current is not None and not reasons:
         _, spread = robust_scaling(X)
-        new, old = sample_error(candidate, X, spread), sample_error(current, X, spread)
+        new = sample_error(candidate, X, spread, entities)
+        old = sample_error(current, X, spread, entities)
         measurements.update(
             sample_error=new, current_sample_error=old, current_version=current_version
         )
@@ -230,6 +239,7 @@ def promote(
     force: bool = False,
     device: str = "cpu",
     allow_feature_change: bool = False,
+    sample_entities: Sequence[str | None] | None = None,
 ) -> GateResult:
     """Make ``version`` current if it passes the gate (or ``force``); record the outcome.
 
@@ -257,7 +267,9 @@ def promote(
     elif sample is None:
         raise BundleError("promotion needs a sample of recent normal traffic (or --force)")
     else:
-        result = gate(registry, version, sample, config, device, allow_feature_change)
+        result = gate(
+            registry, version, sample, config, device, allow_feature_change, sample_entities
+        )
     if result.accepted:
         registry.set_status(
             version, "promoted", measurements=result.measurements, notes=result.reasons

@@ -131,9 +131,15 @@ def retrain_once(
     X, order = traffic.table.X, np.argsort(traffic.timestamps, kind="stable")
     cut = int(len(order) * (1 - GATE_SHARE))
     train_rows, sample_rows = np.sort(order[:cut]), np.sort(order[cut:])
-    table = Table(X[train_rows], traffic.table.feature_names)
+    entities = traffic.table.entities
+    table = Table(
+        X[train_rows],
+        traffic.table.feature_names,
+        entities=None if entities is None else [entities[i] for i in train_rows.tolist()],
+    )
     version = register(registry, table, fit, traffic.excluded, trigger)
-    result = promote(registry, version, X[sample_rows], gate)
+    sample_entities = None if entities is None else [entities[i] for i in sample_rows.tolist()]
+    result = promote(registry, version, X[sample_rows], gate, sample_entities=sample_entities)
     say(gate_line(version, result))
     removed = retain(registry, retrain.keep)
     if removed:

@@ -206,7 +206,7 @@ class Pipeline:
         model.watch_fit(decoded)
         if len(decoded.positions):
             t0 = time.perf_counter()
-            scored = model.scorer.score(decoded.features)
+            scored = model.score(decoded)
             m.inference_duration.observe(time.perf_counter() - t0)
             m.records_scored.inc(len(decoded.positions))
             judged = model.decide(scored.scores, decoded.records)
@@ -227,6 +227,7 @@ class Pipeline:
                     judged.alert,
                     judged.warming,
                     version,
+                    scored.baseline,
                 )
                 self.outputs.scores(scores, sources)
         m.batch_duration.observe(time.perf_counter() - started)
@@ -260,6 +261,7 @@ class Pipeline:
             expected,
             judged.threshold[rows],
             None if judged.warming is None else judged.warming[rows],
+            None if scored.baseline is None else scored.baseline[rows],
         )
         self.outputs.alerts(alerts, sources)
 

@@ -135,6 +135,10 @@ class BundleMetadata:
     format_version: int = FORMAT_VERSION
     drift_reference: DriftReference | None = None
     """The training traffic in bins (optional: bundles written before it have none)."""
+    baselines: tuple[str, ...] = ()
+    """Entities with a baseline of their own (``anomaly-train fit --per-entity``), sorted: the
+    module's ``routed(x, index)`` scores a row of ``baselines[index]`` with it, and any other
+    row (index -1) with the generic one. Empty: every row is scored by ``forward(x)``."""
 
     @property
     def n_features(self) -> int:
@@ -144,6 +148,7 @@ class BundleMetadata:
         data = asdict(self)
         data["n_features"] = self.n_features
         data["feature_names"] = list(self.feature_names)
+        data["baselines"] = list(self.baselines)
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -175,9 +180,18 @@ class BundleMetadata:
                 drift_reference=None
                 if data.get("drift_reference") is None
                 else DriftReference.from_dict(data["drift_reference"], len(names)),
+                baselines=_baselines(data.get("baselines", [])),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"bundle metadata is incomplete or malformed: {exc!r}") from exc
+
+
+def _baselines(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(e, str) and e for e in value):
+        raise BundleError("bundle baselines must be a list of entity names")
+    if value != sorted(set(value)):
+        raise BundleError("bundle baselines must be sorted and distinct")
+    return tuple(value)
 
 
 def sha256_file(path: Path) -> str:

@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from worker.contract.bundle import MODEL_FILE, BundleMetadata, read_metadata
 from worker.contract.exceptions import BundleError
 
-__all__ = ["Scored", "Scorer", "resolve_device", "set_torch_threads"]
+__all__ = ["BaselineRouter", "Scored", "Scorer", "resolve_device", "set_torch_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +45,36 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+class BaselineRouter:
+    """Each row's baseline index from its entity, for a whole batch at once: a binary search
+    of the batch's entities among the bundle's sorted names (``-1``: the generic baseline)."""
+
+    def __init__(self, entities: tuple[str, ...]) -> None:
+        self.names = np.array(entities, dtype=str)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def route(self, entities: Sequence[str | None]) -> np.ndarray:
+        keys = np.array(entities, dtype=object)
+        missing = keys == None  # noqa: E711 -- elementwise on an object array
+        keys[missing] = ""
+        keys = keys.astype(str)
+        position = np.minimum(np.searchsorted(self.names, keys), len(self.names) - 1)
+        found = (self.names[position] == keys) & ~missing
+        return np.where(found, position, -1).astype(np.int64)
+
+
 @dataclass
 class Scored:
-    """Scores of a batch; per-feature details stay on the device until asked for."""
+    """Scores of a batch; per-feature details stay on the device until asked for.
+
+    ``baseline``: each row's entity baseline (``-1``: generic) when the bundle has them."""
 
     scores: np.ndarray
     _errors: torch.Tensor
     _expected: torch.Tensor
+    baseline: np.ndarray | None = None
 
     def details(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-feature errors and expected values of the given rows, as numpy arrays."""
@@ -70,6 +94,7 @@ class Scorer:
         self.module = module
         self.metadata = metadata
         self.device = device
+        self.router = BaselineRouter(metadata.baselines) if metadata.baselines else None
 
     @classmethod
     def load(cls, directory: Path, device: str = "auto") -> Scorer:
@@ -87,6 +112,11 @@ class Scorer:
                 f"cannot load TorchScript from {directory / MODEL_FILE}: {exc}"
             ) from exc
         module.eval()
+        if metadata.baselines and not hasattr(module, "routed"):
+            raise BundleError(
+                f"model {metadata.version} lists {len(metadata.baselines)} entity baselines "
+                "but its module has no routed method"
+            )
         scorer = cls(module, metadata, target)
         scorer._probe()
         logger.info(
@@ -102,7 +132,9 @@ class Scorer:
     def _probe(self) -> None:
         size = self.metadata.n_features
         try:
-            scored = self.score(np.zeros((2, size), dtype=np.float32))
+            probe = np.zeros((2, size), dtype=np.float32)
+            entities = [None, self.metadata.baselines[-1]] if self.router else None
+            scored = self.score(probe, entities)
             errors, expected = scored.details(np.arange(2))
         except (RuntimeError, ValueError, TypeError) as exc:
             raise BundleError(
@@ -127,14 +159,23 @@ class Scorer:
             batch = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
             return self.module.encode(batch.to(self.device)).float().cpu().numpy()
 
-    def score(self, features: np.ndarray) -> Scored:
-        """Score a float32 ``[B, D]`` matrix."""
+    def score(self, features: np.ndarray, entities: Sequence[str | None] | None = None) -> Scored:
+        """Score a float32 ``[B, D]`` matrix; with entity baselines in the bundle, each row
+        by its entity's (``entities``, one per row; without them, the generic baseline)."""
         with torch.inference_mode():
             batch = torch.from_numpy(features)
             if self.device.type != "cpu":
                 batch = batch.pin_memory().to(self.device, non_blocking=True)
-            output = self.module(batch)
+            baseline = None
+            if self.router is not None and entities is not None:
+                baseline = self.router.route(entities)
+                index = torch.from_numpy(baseline).to(self.device)
+                output = self.module.routed(batch, index)
+            else:
+                output = self.module(batch)
             if not (isinstance(output, tuple) and len(output) == 3):
                 raise TypeError("the module must return (score, feature_error, expected)")
             scores, errors, expected = output
-            return Scored(scores.float().cpu().numpy(), errors, expected)
+            if baseline is None and self.router is not None:
+                baseline = np.full(len(features), -1, dtype=np.int64)
+            return Scored(scores.float().cpu().numpy(), errors, expected, baseline)

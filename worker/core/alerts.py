@@ -82,6 +82,16 @@ def threshold_sources(warming: np.ndarray) -> list[str]:
     return ["model_warming_up" if w else "entity_recent" for w in warming.tolist()]
 
 
+def baseline_kinds(baseline: np.ndarray) -> list[str]:
+    """Which baseline scored each row, from its index in the bundle's entity baselines: the
+    row's entity's own, or the generic one (``-1``).
+
+    >>> baseline_kinds(np.array([3, -1]))
+    ['entity', 'generic']
+    """
+    return ["generic" if b < 0 else "entity" for b in baseline.tolist()]
+
+
 def finite_or_none(value: float) -> float | None:
     """JSON has no NaN or Infinity (RFC 8259): a non-finite number is written as ``null``.
 
@@ -101,11 +111,13 @@ def build_alerts(
     expected: np.ndarray,
     thresholds: np.ndarray | None = None,
     warming: np.ndarray | None = None,
+    baseline: np.ndarray | None = None,
 ) -> list[Alert]:
     """One alert per row; all arrays are aligned with ``records`` and ``messages``.
 
     ``thresholds``: what each row was judged against, when not ``context.threshold``; with
-    ``warming`` (per-entity thresholds) the alert says where its threshold came from.
+    ``warming`` (per-entity thresholds) the alert says where its threshold came from, with
+    ``baseline`` (a bundle with entity baselines) which baseline scored it.
     """
     k = min(context.top_features, len(context.feature_names))
     top = np.argsort(-errors, axis=1, kind="stable")[:, :k]
@@ -120,6 +132,7 @@ def build_alerts(
         [context.threshold] * len(score_list) if thresholds is None else thresholds.tolist()
     )
     sources = None if warming is None else threshold_sources(warming)
+    kinds = None if baseline is None else baseline_kinds(baseline)
     alerts = []
     for i, (record, message) in enumerate(zip(records, messages, strict=True)):
         rid = record_id(record, message)
@@ -153,6 +166,8 @@ def build_alerts(
         }
         if sources is not None:
             body["threshold_source"] = sources[i]
+        if kinds is not None:
+            body["baseline"] = kinds[i]
         key = record.entity if record.entity is not None else rid
         # msgspec writes UTF-8 (no \u escapes); finite_or_none already made non-finite null.
         alerts.append(Alert(key.encode("utf-8"), _encode(body), ts))

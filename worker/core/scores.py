@@ -2,8 +2,9 @@
 
 One JSON object per record, keyed like its alert would be (entity, else id): ``id``,
 ``entity``, ``ts``, ``score``, ``threshold`` (what it was judged against), ``alert``,
-``model_version``, ``source`` (topic, partition, offset) and, with per-entity thresholds,
-``threshold_source``.
+``model_version``, ``source`` (topic, partition, offset), with per-entity thresholds
+``threshold_source``, and with a bundle of entity baselines ``baseline`` (``entity`` or
+``generic``: which one scored it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 from worker.contract.messages import SourceMessage
 from worker.contract.records import Record, event_time, record_id
-from worker.core.alerts import threshold_sources
+from worker.core.alerts import baseline_kinds, threshold_sources
 
 __all__ = ["build_scores"]
 
@@ -40,6 +41,7 @@ class Score(msgspec.Struct, omit_defaults=True):
     model_version: str
     source: Source
     threshold_source: str | None = None
+    baseline: str | None = None
 
 
 def build_scores(
@@ -50,6 +52,7 @@ def build_scores(
     alerts: np.ndarray,
     warming: np.ndarray | None,
     model_version: str,
+    baseline: np.ndarray | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """``(key, value)`` per row; every array is aligned with ``records`` and ``messages``.
 
@@ -63,10 +66,13 @@ def build_scores(
     """
     n = len(records)
     sources = threshold_sources(warming) if warming is not None else [None] * n
+    kinds: list[str | None] = [None] * n
+    if baseline is not None:
+        kinds = list(baseline_kinds(baseline))
     values = np.asarray(scores, dtype=np.float64)
     finite = np.isfinite(values).tolist()
     out = []
-    for record, message, score, ok, threshold, alert, source in zip(
+    for record, message, score, ok, threshold, alert, source, kind in zip(
         records,
         messages,
         values.tolist(),
@@ -74,6 +80,7 @@ def build_scores(
         thresholds.tolist(),
         alerts.tolist(),
         sources,
+        kinds,
         strict=True,
     ):
         rid = record_id(record, message)
@@ -88,6 +95,7 @@ def build_scores(
                 model_version,
                 Source(message.topic, message.partition, message.offset),
                 source,
+                kind,
             )
         )
         key = record.entity if record.entity is not None else rid

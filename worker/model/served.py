@@ -16,7 +16,7 @@ import numpy as np
 from worker.contract.drift import DriftMonitor
 from worker.contract.recent_threshold import DEFAULT_BLOCK_RECORDS, Judgement, RecentThreshold
 from worker.contract.records import FEATURES_NAMED, DecodedBatch, FeatureSchema, Record
-from worker.contract.scoring import Scorer
+from worker.contract.scoring import Scored, Scorer
 from worker.core.threshold import Threshold
 from worker.model.compatibility import FeatureFit
 from worker.model.reload import ModelWatcher
@@ -84,6 +84,7 @@ class ServedModel:
         self.metrics.set_model(
             meta.version, self.threshold.value, meta.calibration.expected_alert_rate
         )
+        self.metrics.entity_baselines.set(len(meta.baselines))
         names = self.schema.names
         logger.info(
             "serving model %s: %d features (%s%s), threshold %.6g",
@@ -93,6 +94,17 @@ class ServedModel:
             " ..." if len(names) > FEATURES_NAMED else "",
             self.threshold.value,
         )
+
+    def score(self, decoded: DecodedBatch) -> Scored:
+        """Score a batch, each row by its entity's baseline when the model has them."""
+        if self.scorer.router is None:
+            return self.scorer.score(decoded.features)
+        scored = self.scorer.score(decoded.features, [r.entity for r in decoded.records])
+        assert scored.baseline is not None
+        own = int(np.count_nonzero(scored.baseline >= 0))
+        self.metrics.records_by_baseline.labels(baseline="entity").inc(own)
+        self.metrics.records_by_baseline.labels(baseline="generic").inc(len(scored.baseline) - own)
+        return scored
 
     def decide(self, scores: np.ndarray, records: Sequence[Record]) -> Judgement:
         """Which rows alert, and what each was judged against."""

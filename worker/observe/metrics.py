@@ -79,6 +79,13 @@ class WorkerMetrics:
         self.records_scored = Counter(
             "anomaly_records_scored", "Records scored by the model.", registry=r
         )
+        self.records_by_baseline = Counter(
+            "anomaly_records_scored_by_baseline",
+            "Records scored by their entity's own baseline or the generic one (bundles with "
+            "entity baselines only).",
+            ["baseline"],
+            registry=r,
+        )
         self.alerts = Counter("anomaly_alerts", "Alerts produced.", registry=r)
         self.commits = Counter("anomaly_offset_commits", "Successful offset commits.", registry=r)
         self.transactions = Counter(
@@ -154,6 +161,11 @@ class WorkerMetrics:
         )
         self.model_threshold = Gauge(
             "anomaly_model_threshold", "Threshold the served model alerts above.", registry=r
+        )
+        self.entity_baselines = Gauge(
+            "anomaly_model_entity_baselines",
+            "Entities with a baseline of their own in the served model (0: one generic baseline).",
+            registry=r,
         )
         self.ready = Gauge(
             "anomaly_ready", "1 when connected to the broker and serving, else 0.", registry=r
