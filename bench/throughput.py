@@ -89,7 +89,8 @@ def main() -> int:
         "--setups",
         default="default",
         help="default (the model's threshold, alerts only), entity_recent (per-entity "
-        "thresholds), scores (a scores topic), telemetry (both)",
+        "thresholds), scores (a scores topic), telemetry (both), per_entity (per-entity "
+        "thresholds and a bundle with a baseline for each of --entities)",
     )
     parser.add_argument(
         "--baseline",
@@ -161,6 +162,15 @@ def main() -> int:
                 workdir / f"model-{memory}",
                 FitConfig(epochs=20, seed=0, memory_rows=memory),
             )
+            if "per_entity" in setups:  # a baseline for every entity the load names
+                print(f"fitting {args.entities:,} entity baselines ...", flush=True)
+                fit_bundle(
+                    entity_traffic(args.entities, rng),
+                    workdir / f"model-{memory}-per-entity",
+                    FitConfig(
+                        epochs=5, seed=0, memory_rows=memory, per_entity=True, min_entity_rows=20
+                    ),
+                )
         t0 = time.perf_counter()
         fill(bootstrap, topic, args.records, rng, 0.01, args.entities)
         print(f"pre-filled {args.records} records in {time.perf_counter() - t0:.1f}s", flush=True)
@@ -212,7 +222,7 @@ def main() -> int:
                 "ANOMALY_SESSION_TIMEOUT_SECONDS": "6",
                 "ANOMALY_DEVICE": args.device,
                 "ANOMALY_LOG_LEVEL": "WARNING",
-                **SETUPS[setup](scores),
+                **SETUPS[setup](scores, str(workdir / f"model-{memory}")),
                 **dict(item.split("=", 1) for item in args.env),
             }
             log = (workdir / f"worker-{client}-{suffix}.log").open("wb")
@@ -331,14 +341,27 @@ BROKER: dict[str, int] = {}
 
 #: Worker set-ups (``--setups``): extra settings, given the run's scores topic.
 SETUPS = {
-    "default": lambda scores: {},
-    "entity_recent": lambda scores: {"ANOMALY_THRESHOLD_MODE": "entity_recent"},
-    "scores": lambda scores: {"ANOMALY_SCORES_TOPIC": scores},
-    "telemetry": lambda scores: {
+    "default": lambda scores, model: {},
+    "entity_recent": lambda scores, model: {"ANOMALY_THRESHOLD_MODE": "entity_recent"},
+    "scores": lambda scores, model: {"ANOMALY_SCORES_TOPIC": scores},
+    "telemetry": lambda scores, model: {
         "ANOMALY_THRESHOLD_MODE": "entity_recent",
         "ANOMALY_SCORES_TOPIC": scores,
     },
+    # Per-entity thresholds and a bundle with a baseline for every entity of the load.
+    "per_entity": lambda scores, model: {
+        "ANOMALY_THRESHOLD_MODE": "entity_recent",
+        "ANOMALY_MODEL_PATH": f"{model}-per-entity",
+    },
 }
+
+
+def entity_traffic(entities: int, rng: np.random.Generator, rows: int = 24) -> Table:
+    """Normal rows of the load's entities (``e0``, ``e1``, ...), ``rows`` each (the cost of
+    routing does not depend on how many rows a baseline learnt from)."""
+    X = rng.normal(size=(entities * rows, D)).astype(np.float32)
+    names: list[str | None] = [f"e{i % entities}" for i in range(len(X))]
+    return Table(X, tuple(f"f{i}" for i in range(D)), entities=names)
 
 
 def sample(count: int, pid: int) -> tuple[float, int, float, float]:

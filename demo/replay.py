@@ -3,7 +3,7 @@
     anomaly-replay telemetry:omi                      # the 12 application servers, one stream
     anomaly-replay telemetry:machine --protocol short
     anomaly-replay rows.csv --fit-share 0.2           # your rows: entity, ts, label columns
-        [--model DIR] [--threshold-mode entity_recent|model] [--speed 600]
+        [--model DIR] [--per-entity] [--threshold-mode entity_recent|model] [--speed 600]
         [--client kafka-python|confluent] [--bootstrap-servers HOST:PORT] [--limit ROWS]
 
 Fits a bundle with ``anomaly-train fit``'s defaults (or takes ``--model``), starts the embedded
@@ -75,6 +75,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--model", type=Path, help="a bundle or registry instead of fitting one")
     parser.add_argument("--epochs", type=int, default=FitConfig.epochs)
+    parser.add_argument(
+        "--per-entity",
+        action="store_true",
+        help="fit with anomaly-train fit --per-entity: each entity scored by its own baseline",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--threshold-mode",
@@ -147,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def fit(dataset: ReplaySet, output: Path, args: argparse.Namespace) -> Path:
     print(f"fitting a model on {len(dataset.fit_rows):,} rows ...", flush=True)
-    config = FitConfig(seed=args.seed, epochs=args.epochs)
-    fit_bundle(Table(dataset.fit_rows, dataset.feature_names), output, config)
+    config = FitConfig(seed=args.seed, epochs=args.epochs, per_entity=args.per_entity)
+    table = Table(dataset.fit_rows, dataset.feature_names, entities=list(dataset.fit_entities))
+    fit_bundle(table, output, config)
     return output
 
 
@@ -165,9 +171,9 @@ def score_offline(model: Path, dataset: ReplaySet, args: argparse.Namespace) -> 
     """What ``anomaly-train score`` decides for the rows in time order, per entity."""
     entity, row = stream_order(dataset)
     X = np.stack([dataset.entities[k].X[r] for k, r in zip(entity, row, strict=True)])
-    scored, scorer = score_table(model, Table(X, dataset.feature_names))
-    scores = scored.astype(np.float64)
     names = [dataset.entities[k].name for k in entity.tolist()]
+    scored, scorer = score_table(model, Table(X, dataset.feature_names, entities=list(names)))
+    scores = scored.astype(np.float64)
     meta = scorer.metadata
     judged = judge(
         meta.threshold,

@@ -56,6 +56,8 @@ class ReplaySet:
     entities: list[Entity]
     fit_rows: np.ndarray
     """What a fitted model learns from (pooled over entities)."""
+    fit_entities: list[str]
+    """The entity of each fit row."""
 
     def limit(self, rows: int | None) -> ReplaySet:
         """Only each entity's first ``rows`` streamed rows (incidents cut to them)."""
@@ -69,7 +71,7 @@ class ReplaySet:
                 if s.start < rows
             ]
             cut.append(Entity(e.name, e.X[:rows], e.labels[:rows], segments, e.ts[:rows]))
-        return ReplaySet(self.feature_names, cut, self.fit_rows)
+        return ReplaySet(self.feature_names, cut, self.fit_rows, self.fit_entities)
 
 
 def load_telemetry(spec: str, protocol: str, data_dir: Path = TELEMETRY_DIR) -> ReplaySet:
@@ -89,6 +91,7 @@ def load_telemetry(spec: str, protocol: str, data_dir: Path = TELEMETRY_DIR) -> 
         )
     all_segments = json.loads((data_dir / "segments.json").read_text())
     entities, fits, widths = [], [], set()
+    fit_entities: list[str] = []
     for name in names:
         with np.load(data_dir / f"{name}.npz") as data:
             train, test = data["train"], data["test"]
@@ -100,6 +103,7 @@ def load_telemetry(spec: str, protocol: str, data_dir: Path = TELEMETRY_DIR) -> 
             fits.append(test[: min(int(len(test) * SHORT_SHARE), SHORT_MAX)])
         else:
             raise ReplayError(f"unknown protocol {protocol!r}: use per-entity or short")
+        fit_entities += [name] * len(fits[-1])
         segments = [Segment.parse(s) for s in all_segments[name]]
         ts = START_TS + STEP_SECONDS * np.arange(len(test), dtype=np.float64)
         entities.append(Entity(name, test.astype(np.float32), labels, segments, ts))
@@ -109,7 +113,7 @@ def load_telemetry(spec: str, protocol: str, data_dir: Path = TELEMETRY_DIR) -> 
             "replay them separately"
         )
     features = tuple(f"f{i}" for i in range(widths.pop()))
-    return ReplaySet(features, entities, np.concatenate(fits).astype(np.float32))
+    return ReplaySet(features, entities, np.concatenate(fits).astype(np.float32), fit_entities)
 
 
 def load_file(path: Path, fit_share: float) -> ReplaySet:
@@ -126,11 +130,13 @@ def load_file(path: Path, fit_share: float) -> ReplaySet:
     for i in order.tolist():
         by_entity.setdefault(names[i] or "all", []).append(i)
     entities, fits = [], []
+    fit_entities: list[str] = []
     for name in sorted(by_entity):
         index = np.array(by_entity[name])
         X = table.X[index]
         y = np.asarray(labels[index], dtype=np.int8)
         head = max(1, int(len(X) * fit_share))
         fits.append(X[:head][y[:head] == 0])  # known anomalies are not training data
+        fit_entities += [name] * len(fits[-1])
         entities.append(Entity(name, X, y, segments_from_labels(y), ts[index]))
-    return ReplaySet(table.feature_names, entities, np.concatenate(fits))
+    return ReplaySet(table.feature_names, entities, np.concatenate(fits), fit_entities)

@@ -22,26 +22,36 @@ from training.detector import DetectorModule, TailLookup
 
 __all__ = ["EntityDetectorModule", "EntityParts", "StackedLinear"]
 
-#: Entity rows scored at once (the gathered weights and memories of a block are
-#: ``rows x (layer weights + memory)`` floats: ~10 MB for 512 rows of 19 features).
-ENTITY_BLOCK_ROWS = 512
+#: Entity rows scored at once: a block's gathered memories (``rows x D x memory rows``
+#: floats, 2 MB for 256 rows of 8 features) stay in cache between the gather and its use.
+ENTITY_BLOCK_ROWS = 256
+#: Per-feature vectors of an entity, in this order, in ``vectors``: autoencoder center and
+#: inverse scale, error scale, neighbour shift and inverse scale, tails' scale_in, shift_in,
+#: cell_scale, cell_shift, minimum, maximum.
+VECTORS = 11
 
 
 class StackedLinear(nn.Module):
-    """``E`` linear layers of one shape: row ``i`` goes through layer ``baseline[i]``."""
+    """``E`` linear layers of one shape: row ``i`` goes through layer ``baseline[i]``.
 
-    weight: torch.Tensor
-    bias: torch.Tensor
+    Each layer's weight and bias are one row of ``packed``: one gather per scored row."""
+
+    packed: torch.Tensor
+    inputs: int
+    outputs: int
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, activation: nn.Module) -> None:
         super().__init__()
-        self.register_buffer("weight", weight.detach().float().contiguous())  # [E, in, out]
-        self.register_buffer("bias", bias.detach().float().contiguous())  # [E, out]
+        e, self.inputs, self.outputs = (int(n) for n in weight.shape)  # [E, in, out]
+        packed = torch.cat([weight.reshape(e, -1), bias.reshape(e, -1)], dim=1)
+        self.register_buffer("packed", packed.detach().float().contiguous())
         self.activation = activation
 
     def forward(self, x: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
-        weight = self.weight.index_select(0, baseline)
-        bias = self.bias.index_select(0, baseline).unsqueeze(1)
+        rows = self.packed.index_select(0, baseline)
+        split = self.inputs * self.outputs
+        weight = rows[:, :split].view(-1, self.inputs, self.outputs)
+        bias = rows[:, split:].unsqueeze(1)
         return self.activation(torch.baddbmm(bias, x.unsqueeze(1), weight).squeeze(1))
 
 
@@ -73,26 +83,16 @@ def _stack(values: "list[np.ndarray] | list[torch.Tensor]") -> torch.Tensor:
 class EntityDetectorModule(nn.Module):
     """The generic detector plus ``E`` stacked entity baselines (see the module docstring)."""
 
-    center: torch.Tensor
-    inverse_scale: torch.Tensor
-    error_scale: torch.Tensor
-    neighbour_shift: torch.Tensor
-    neighbour_inverse_scale: torch.Tensor
+    vectors: torch.Tensor
     memory: torch.Tensor
     memory_norms: torch.Tensor
-    tail_scale_in: torch.Tensor
-    tail_shift_in: torch.Tensor
-    tail_cell_scale: torch.Tensor
-    tail_cell_shift: torch.Tensor
-    tail_minimum: torch.Tensor
-    tail_maximum: torch.Tensor
     tail_table: torch.Tensor
     tail_offsets: torch.Tensor
-    tail_penalty: torch.Tensor
-    factors: torch.Tensor
+    scalars: torch.Tensor
     subsets: int
     cells: int
     block_rows: int
+    memory_rows: int
 
     def __init__(
         self,
@@ -115,33 +115,45 @@ class EntityDetectorModule(nn.Module):
             bias = _stack([p.layers[k][1] for p in parts])
             layers.append(StackedLinear(weight, bias, activation))
         self.layers = nn.ModuleList(layers)
-        self.register_buffer("center", _stack([p.center for p in parts]))
-        self.register_buffer("inverse_scale", 1.0 / _stack([p.scale for p in parts]))
-        self.register_buffer("error_scale", _stack([p.error_scale for p in parts]))
-        neighbour_scale = _stack([p.neighbour_scale for p in parts])
-        self.register_buffer("neighbour_inverse_scale", 1.0 / neighbour_scale)
-        self.register_buffer(
-            "neighbour_shift", -_stack([p.neighbour_center for p in parts]) / neighbour_scale
-        )
-        self.register_buffer("memory", _stack([p.memory for p in parts]))  # [E, M, D]
-        self.register_buffer("memory_norms", self.memory.pow(2).sum(dim=2))  # [E, M]
         tails = [p.tails for p in parts]
-        self.register_buffer("tail_scale_in", _stack([t.scale_in for t in tails]))
-        self.register_buffer("tail_shift_in", _stack([t.shift_in for t in tails]))
-        self.register_buffer("tail_cell_scale", _stack([t.cell_scale for t in tails]))
-        self.register_buffer("tail_cell_shift", _stack([t.cell_shift for t in tails]))
-        self.register_buffer("tail_minimum", _stack([t.minimum for t in tails]))
-        self.register_buffer("tail_maximum", _stack([t.maximum for t in tails]))
+        neighbour_scale = _stack([p.neighbour_scale for p in parts])
+        # Every per-feature vector of an entity in one row (VECTORS says which is where): one
+        # gather per scored row instead of one per vector.
+        vectors = [
+            _stack([p.center for p in parts]),
+            1.0 / _stack([p.scale for p in parts]),
+            _stack([p.error_scale for p in parts]),
+            -_stack([p.neighbour_center for p in parts]) / neighbour_scale,
+            1.0 / neighbour_scale,
+            _stack([t.scale_in for t in tails]),
+            _stack([t.shift_in for t in tails]),
+            _stack([t.cell_scale for t in tails]),
+            _stack([t.cell_shift for t in tails]),
+            _stack([t.minimum for t in tails]),
+            _stack([t.maximum for t in tails]),
+        ]
+        self.register_buffer("vectors", torch.stack(vectors, dim=1).reshape(len(parts), -1))
+        memory = _stack([p.memory for p in parts])  # [E, M, D]
+        self.memory_rows = int(memory.shape[1])
+        # Each entity's memory transposed and flat, [E, D x M]: one row gather per scored row,
+        # then one multiply-add per feature over all of its remembered rows.
+        self.register_buffer("memory", memory.transpose(1, 2).reshape(len(parts), -1).contiguous())
+        self.register_buffer("memory_norms", memory.pow(2).sum(dim=2))  # [E, M]
         self.register_buffer("tail_table", _stack([t.table for t in tails]).reshape(-1))
         d = parts[0].center.shape[0]
         self.cells = next(iter(cells))
         self.register_buffer("tail_offsets", torch.arange(d) * self.cells)
-        self.register_buffer(
-            "tail_penalty", torch.tensor([t.penalty for t in tails], dtype=torch.float32)
-        )
-        self.register_buffer("factors", _stack([p.factors for p in parts]))  # [E, 3]
+        # Per entity: the three components' factors (set by the builder), the tails' penalty.
+        penalty = torch.tensor([[t.penalty] for t in tails], dtype=torch.float32)
+        self.register_buffer("scalars", torch.cat([_stack([p.factors for p in parts]), penalty], 1))
         self.subsets = subsets
         self.block_rows = ENTITY_BLOCK_ROWS
+
+    @torch.jit.unused
+    def set_factors(self, factors: np.ndarray) -> None:
+        """Each entity's component factors (weight / scale; the reconstruction's per feature)."""
+        with torch.no_grad():
+            self.scalars[:, :3] = torch.as_tensor(factors, dtype=torch.float32)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every row scored by the generic baseline (the bundle contract)."""
@@ -176,9 +188,16 @@ class EntityDetectorModule(nn.Module):
             score.index_copy_(0, generic_rows, s)
             per_feature.index_copy_(0, generic_rows, f)
             expected.index_copy_(0, generic_rows, e)
+        # One scratch block for the gathered memories (a fresh one per block is faulted in
+        # afresh each time: that cost more than the gather).
+        scratch = torch.empty(
+            [min(self.block_rows, entity_rows.numel()), self.memory.shape[1]],
+            dtype=x.dtype,
+            device=x.device,
+        )
         for start in range(0, entity_rows.numel(), self.block_rows):
             rows = entity_rows[start : start + self.block_rows]
-            s, f, e = self._entity(x.index_select(0, rows), baseline.index_select(0, rows))
+            s, f, e = self._entity(x.index_select(0, rows), baseline.index_select(0, rows), scratch)
             score.index_copy_(0, rows, s)
             per_feature.index_copy_(0, rows, f)
             expected.index_copy_(0, rows, e)
@@ -188,15 +207,16 @@ class EntityDetectorModule(nn.Module):
     def entity_components(self, x: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
         """``[B, 3]`` raw components of each row under entity baseline ``baseline[i]`` (every
         ``baseline[i] >= 0``): mean reconstruction error, neighbour distance, tails' sum."""
-        error, neighbours, tails, _ = self._entity_parts(x, baseline)
+        scratch = torch.empty([x.shape[0], self.memory.shape[1]], dtype=x.dtype, device=x.device)
+        error, neighbours, tails, _ = self._entity_parts(x, baseline, scratch)
         return torch.stack([error.mean(dim=1), neighbours, tails.sum(dim=1)], dim=1)
 
     def _entity(
-        self, x: torch.Tensor, b: torch.Tensor
+        self, x: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        error, neighbours, tails, expected = self._entity_parts(x, b)
+        error, neighbours, tails, expected = self._entity_parts(x, b, scratch)
         # The weighted sum, split over the features as DetectorModule.forward does.
-        factors = self.factors.index_select(0, b)
+        factors = self.scalars.index_select(0, b)
         per_feature = tails * factors[:, 2:3] + error * factors[:, 0:1]
         total = per_feature.sum(dim=1)
         score = total + neighbours * factors[:, 1]
@@ -204,45 +224,38 @@ class EntityDetectorModule(nn.Module):
         return score, per_feature * share.unsqueeze(1), expected
 
     def _entity_parts(
-        self, x: torch.Tensor, b: torch.Tensor
+        self, x: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        n, d = x.shape[0], x.shape[1]
+        v = self.vectors.index_select(0, b).view(n, -1, d)
         # Reconstruction: the entity's autoencoder in its own scaled units.
-        center = self.center.index_select(0, b)
-        inverse_scale = self.inverse_scale.index_select(0, b)
+        center, inverse_scale = v[:, 0], v[:, 1]
         z = (x - center) * inverse_scale
         h = z
         for layer in self.layers:
             h = layer(h, b)
-        error = (z - h).pow(2) / self.error_scale.index_select(0, b)
+        error = (z - h).pow(2) / v[:, 2]
         expected = h / inverse_scale + center
-        # Neighbours: squared distances to the entity's memory by one batched product.
-        zn = torch.addcmul(
-            self.neighbour_shift.index_select(0, b),
-            x,
-            self.neighbour_inverse_scale.index_select(0, b),
-        )
-        memory = self.memory.index_select(0, b)  # [B, M, D]
-        dots = torch.bmm(memory, zn.unsqueeze(2)).squeeze(2)  # [B, M]
+        # Neighbours: squared distances to the entity's memory, one multiply-add per feature.
+        zn = torch.addcmul(v[:, 3], x, v[:, 4])
+        gathered = scratch[:n]
+        torch.index_select(self.memory, 0, b, out=gathered)
+        memory = gathered.view(n, d, self.memory_rows)  # [B, D, M]
+        dots = memory[:, 0, :] * zn[:, 0:1]  # [B, M]
+        for j in range(1, d):
+            dots.addcmul_(memory[:, j, :], zn[:, j : j + 1])
         squared = self.memory_norms.index_select(0, b) - 2.0 * dots
-        nearest = squared.view(x.shape[0], self.subsets, -1).amin(dim=2)
+        nearest = squared.view(n, self.subsets, -1).amin(dim=2)
         distances = (nearest + zn.pow(2).sum(dim=1, keepdim=True)).clamp(min=0.0).sqrt()
         neighbours = 0.5 * (distances.amin(dim=1) + distances.mean(dim=1))
         # Tails: each value's cell in the entity's own table.
-        t = torch.addcmul(
-            self.tail_shift_in.index_select(0, b), x, self.tail_scale_in.index_select(0, b)
-        )
+        t = torch.addcmul(v[:, 6], x, v[:, 5])
         mapped = torch.log1p(t.abs()).copysign(t)
-        position = torch.addcmul(
-            self.tail_cell_shift.index_select(0, b),
-            mapped,
-            self.tail_cell_scale.index_select(0, b),
-        )
+        position = torch.addcmul(v[:, 8], mapped, v[:, 7])
         cell = position.floor().clamp(0, self.cells - 1).long()
-        first = (b * x.shape[1]).unsqueeze(1) * self.cells
+        first = (b * d).unsqueeze(1) * self.cells
         tails = self.tail_table.take(first + self.tail_offsets + cell)
-        outside = (x < self.tail_minimum.index_select(0, b)) | (
-            x > self.tail_maximum.index_select(0, b)
-        )
-        penalty = self.tail_penalty.index_select(0, b).unsqueeze(1).expand_as(tails)
-        tails = torch.where(outside, penalty, tails)
+        outside = (x < v[:, 9]) | (x > v[:, 10])
+        scalars = self.scalars.index_select(0, b)
+        tails = torch.where(outside, scalars[:, 3:4].expand_as(tails), tails)
         return error, neighbours, tails, expected

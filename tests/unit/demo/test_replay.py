@@ -19,7 +19,7 @@ def entity(name: str, ts: list[float], labels: list[int]) -> Entity:
 
 def test_rows_go_out_in_time_order_across_entities():
     dataset = ReplaySet(
-        ("f0",), [entity("a", [0, 60, 120], [0, 0, 0]), entity("b", [30, 60], [0, 0])], None
+        ("f0",), [entity("a", [0, 60, 120], [0, 0, 0]), entity("b", [30, 60], [0, 0])], None, []
     )
     order = list(zip(*(x.tolist() for x in stream_order(dataset)), strict=True))
     assert order == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2)]
@@ -38,12 +38,13 @@ def test_a_file_is_sorted_by_time_per_entity_and_fits_on_its_normal_head(tmp_pat
     assert dataset.entities[1].segments == [Segment(1, 1)]
     # Each entity's first 3 rows, less b's labelled one.
     assert sorted(dataset.fit_rows[:, 0].tolist()) == [0, 1, 2, 100, 102]
+    assert dataset.fit_entities == ["a"] * 3 + ["b"] * 2  # each fit row's entity
     cut = dataset.limit(1)
     assert [len(e.X) for e in cut.entities] == [1, 1] and cut.entities[1].segments == []
 
 
 def test_the_verdict_counts_records_without_a_score_and_the_largest_gap(tmp_path):
-    dataset = ReplaySet(("f0",), [entity("a", [0, 1, 2, 3], [0, 0, 1, 0])], None)
+    dataset = ReplaySet(("f0",), [entity("a", [0, 1, 2, 3], [0, 0, 1, 0])], None, [])
     offline = Decisions(
         np.array([0.1, 0.2, 0.9, 0.3]), np.array([False, False, True, False]), np.ones(4, bool)
     )
