@@ -125,7 +125,22 @@ def build_entity_detector(
         "rows_per_baseline_min": min(len(train_of[e]) + len(val_of[e]) for e in chosen),
         "rows_per_baseline_max": max(len(train_of[e]) + len(val_of[e]) for e in chosen),
         "seconds": round(time.perf_counter() - started, 3),
+        "megabytes": round(
+            sum(t.numel() * t.element_size() for t in module.buffers()) / 1e6
+            - sum(t.numel() * t.element_size() for t in generic.buffers()) / 1e6,
+            3,
+        ),
     }
+    seen = len({e for e in list(train_entities) + list(val_entities) if e})
+    logger.info(
+        "entity baselines: %d of %d entities (at least %d rows each), %.2f MB, in %.1f s; "
+        "the others are scored by the generic baseline",
+        len(chosen),
+        seen,
+        config.min_entity_rows,
+        report["megabytes"],
+        report["seconds"],
+    )
     return EntityBaselines(module, tuple(chosen), report)
 
 

@@ -63,7 +63,7 @@ class FitConfig:
     the memory, so anomalies in the training traffic do not become "normal" neighbours."""
     per_entity: bool = False
     """Give each entity with enough rows its own baseline (``training.baselines``)."""
-    min_entity_rows: int = 500
+    min_entity_rows: int = 1000
     """per-entity: normal rows an entity needs for its own baseline."""
     max_baselines: int = 10_000
     """per-entity: at most this many baselines (the entities with the most rows)."""

@@ -8,7 +8,10 @@ A bundle is a directory::
 The TorchScript module takes raw features as float32 ``[B, D]`` and returns a
 tuple ``(score [B], feature_error [B, D], expected [B, D])``: the anomaly score
 (higher is more anomalous), each feature's contribution to it, and the value
-the model expected for each feature, in the input's units.
+the model expected for each feature, in the input's units. A bundle fitted with
+``--per-entity`` lists in ``baselines`` the entities with a baseline of their own; its module
+also has ``routed(x, index)`` (same outputs), where row ``i`` is scored by baseline
+``index[i]`` and ``-1`` is the generic baseline ``forward`` uses for every row.
 
 ``anomaly-train`` writes ``bundle.json`` last, through a rename, so a reader never
 sees metadata that describes a half-written model; :func:`read_metadata` checks the

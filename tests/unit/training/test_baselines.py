@@ -37,7 +37,7 @@ def traffic(seed: int, rows: dict[str, int] = ROWS) -> Table:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     directory = tmp_path_factory.mktemp("per-entity") / "bundle"
-    config = FitConfig(per_entity=True, epochs=15, seed=0)
+    config = FitConfig(per_entity=True, epochs=15, seed=0, min_entity_rows=500)
     fit_bundle(traffic(0), directory, config)
     return directory
 
