@@ -47,10 +47,14 @@ def resolve_device(requested: str) -> torch.device:
 
 class BaselineRouter:
     """Each row's baseline index from its entity, for a whole batch at once: a binary search
-    of the batch's entities among the bundle's sorted names (``-1``: the generic baseline)."""
+    of the batch's entities among the bundle's sorted names (``-1``: the generic baseline).
+
+    Names stay Python strings (an object array; 0.4 us per record at 10,000 names): numpy's
+    fixed-width strings drop trailing NUL characters, which would route ``"a\\x00"`` to
+    ``"a"``'s baseline."""
 
     def __init__(self, entities: tuple[str, ...]) -> None:
-        self.names = np.array(entities, dtype=str)
+        self.names = np.array(entities, dtype=object)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -59,7 +63,6 @@ class BaselineRouter:
         keys = np.array(entities, dtype=object)
         missing = keys == None  # noqa: E711 -- elementwise on an object array
         keys[missing] = ""
-        keys = keys.astype(str)
         position = np.minimum(np.searchsorted(self.names, keys), len(self.names) - 1)
         found = (self.names[position] == keys) & ~missing
         return np.where(found, position, -1).astype(np.int64)

@@ -98,8 +98,8 @@ def test_anomaly_train_score_routes_rows_by_their_entity(bundle, scorer):
 
 def test_the_router_is_a_vectorised_lookup():
     router = BaselineRouter(("alpha", "beta", "gamma"))
-    index = router.route(["gamma", None, "alph", "beta", "zeta", "", "alpha"])
-    assert index.tolist() == [2, -1, -1, 1, -1, -1, 0]
+    index = router.route(["gamma", None, "alph", "beta", "zeta", "", "alpha", "beta\x00"])
+    assert index.tolist() == [2, -1, -1, 1, -1, -1, 0, -1]  # "beta\x00" is not "beta"
 
 
 def test_which_entities_get_a_baseline():
