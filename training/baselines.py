@@ -72,6 +72,11 @@ def build_entity_detector(
         raise TrainingError("--per-entity baselines need loss mse")
     chosen = choose_entities(list(train_entities) + list(val_entities), config)
     if not chosen:
+        logger.warning(
+            "--per-entity: no entity has %d normal rows (--min-entity-rows); the bundle has "
+            "the generic baseline only",
+            config.min_entity_rows,
+        )
         return None
     started = time.perf_counter()
     train_of, val_of = (

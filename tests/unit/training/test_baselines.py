@@ -175,3 +175,15 @@ def test_the_routed_module_survives_torchscript_save_and_load(bundle):
     x = torch.zeros((3, len(NAMES)))
     score, per_feature, expected = module.routed(x, torch.tensor([0, -1, 2]))
     assert score.shape == (3,) and per_feature.shape == (3, 4) and expected.shape == (3, 4)
+
+
+def test_per_entity_without_any_entity_rich_enough_says_so_and_writes_a_generic_bundle(
+    tmp_path, caplog
+):
+    config = FitConfig(per_entity=True, epochs=2, seed=0)  # 1,000 rows needed, 600 given
+    with caplog.at_level("WARNING"):
+        meta = fit_bundle(traffic(0), tmp_path / "b", config)
+    assert meta.baselines == ()
+    assert "no entity has 1000 normal rows" in caplog.text
+    scorer = Scorer.load(tmp_path / "b", "cpu")
+    assert scorer.router is None and scorer.score(traffic(1).X[:5], ["a"] * 5).baseline is None
