@@ -32,6 +32,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,8 +92,14 @@ def peer_scores(name: str, seed: int, fit_rows: np.ndarray, test: np.ndarray) ->
     return np.asarray(model.decision_function(test), dtype=np.float64)
 
 
-def our_scores(seed: int, fit_rows: np.ndarray, test: np.ndarray, fast: bool):
-    config = FitConfig(seed=seed, epochs=40 if fast else FitConfig.epochs)
+def our_scores(
+    seed: int,
+    fit_rows: np.ndarray,
+    test: np.ndarray,
+    fast: bool,
+    ours: dict[str, Any] | None = None,
+):
+    config = FitConfig(seed=seed, epochs=40 if fast else FitConfig.epochs, **(ours or {}))
     result = train(np.ascontiguousarray(fit_rows, dtype=np.float32), config)
     with torch.no_grad():
         scores = result.module(torch.as_tensor(np.ascontiguousarray(test, dtype=np.float32)))[0]
@@ -118,7 +125,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                     started = time.perf_counter()
                     row = {"protocol": protocol, "entity": entity, "seed": seed}
                     if detector == OURS:
-                        scores, threshold, calibration = our_scores(seed, fit_rows, test, args.fast)
+                        scores, threshold, calibration = our_scores(
+                            seed, fit_rows, test, args.fast, args.ours
+                        )
                     else:
                         scores = peer_scores(detector, seed, fit_rows, test)
                     row.update(
@@ -207,6 +216,13 @@ def main() -> int:
     parser.add_argument("--entities", default=",".join(sorted(p.stem for p in DATA.glob("*.npz"))))
     parser.add_argument("--detectors", default=",".join((OURS, *PEERS)))
     parser.add_argument("--fast", action="store_true", help="3 entities, 1 seed, ours and PCA")
+    parser.add_argument(
+        "--ours",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="FitConfig overrides for ours, e.g. neighbour_scaling=range",
+    )
     parser.add_argument("--csv", type=Path, default=ROOT / "docs" / "telemetry.csv")
     parser.add_argument("--markdown", type=Path, help="write the summary tables here")
     parser.add_argument(
@@ -217,6 +233,10 @@ def main() -> int:
         "1 of the slow, deterministic KNN)",
     )
     args = parser.parse_args()
+    defaults = FitConfig()
+    args.ours = {
+        k: type(getattr(defaults, k))(v) for k, v in (item.split("=", 1) for item in args.ours)
+    }
     if args.summarise:
         rows = [read_row(r) for path in args.summarise for r in csv.DictReader(path.open())]
         protocols = [p for p in ("per-entity", "short") if any(r["protocol"] == p for r in rows)]

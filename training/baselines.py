@@ -273,7 +273,7 @@ def _parts(
     sample = X
     if len(sample) > config.sample_rows:
         sample = sample[np.sort(rng.choice(len(sample), config.sample_rows, replace=False))]
-    center, scale = neighbour_scaling(X)
+    center, scale = neighbour_scaling(X, config.neighbour_scaling)
     lookup = TailLookup(sample, cells=config.entity_tail_cells)
     with torch.no_grad():
         tails = lookup(torch.as_tensor(sample)).sum(dim=1).numpy()

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from training import commands
 from training.config import FitConfig
-from training.entity_options import add_entity_options
+from training.detector_options import add_detector_options
 from training.exceptions import TrainingError
 from training.kafka_window import WindowConfig
 from training.model import ACTIVATIONS
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--seed", type=int, default=FIT.seed, help="same seed and data: same model")
         g.add_argument("--device", choices=["cpu", "cuda"], default=FIT.device)
         g.add_argument("--no-progress", action="store_true", help="no progress bar")
-        add_entity_options(p)
+        add_detector_options(p)
 
     def kafka_options(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("Kafka window (defaults: the worker's ANOMALY_* settings)")

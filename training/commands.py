@@ -23,7 +23,7 @@ import numpy as np
 
 from training.config import FitConfig
 from training.data import Table, load_table
-from training.entity_options import entity_settings
+from training.detector_options import detector_settings
 from training.evaluate import evaluate, judge, plot_curves, score_table
 from training.exceptions import TrainingError
 from training.fit import fit_bundle
@@ -293,7 +293,7 @@ def fit_config(args: argparse.Namespace, kafka: bool) -> FitConfig:
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
-        **entity_settings(args),
+        **detector_settings(args),
     )
 
 

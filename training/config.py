@@ -58,6 +58,9 @@ class FitConfig:
     distance to each one's nearest row (1: plain nearest-neighbour distance)."""
     sample_rows: int = 4096
     """combined score: training rows sampled (seeded) for the tails and the memory."""
+    neighbour_scaling: str = "robust"
+    """combined score: units of the neighbour distance: ``robust`` (median, IQR) or ``range``
+    (median, the training range)."""
     memory_trim: float = 0.05
     """combined score: share of sampled rows with the most extreme feature values left out of
     the memory, so anomalies in the training traffic do not become "normal" neighbours."""
@@ -102,6 +105,10 @@ class FitConfig:
                 "need 1 <= memory subsets <= memory rows <= sample rows, got "
                 f"{self.memory_subsets}, {self.memory_rows}, {self.sample_rows} "
                 "(--memory-subsets, --memory-rows, --sample-rows)"
+            )
+        if self.neighbour_scaling not in ("robust", "range"):
+            problems.append(
+                f"neighbour scaling must be robust or range, got {self.neighbour_scaling!r}"
             )
         if not 0 <= self.memory_trim < 0.5:
             problems.append(f"memory trim must be in [0, 0.5), got {self.memory_trim}")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.model import EnsembleModule, robust_scaling
+from training.model import MIN_SCALE, EnsembleModule, robust_scaling
 
 __all__ = ["COMPONENTS", "DetectorModule", "TailLookup", "neighbour_scaling", "two_sided_tail"]
 
@@ -22,13 +22,19 @@ TAIL_CELLS = 1024
 CONSTANT_RELATIVE_SCALE = 1e-3
 
 
-def neighbour_scaling(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Center and scale of the neighbour space: median and IQR / 1.349 (the standard deviation
-    of normal data); a column whose IQR is 0 (mostly one value) uses its standard deviation,
-    and a column constant in training counts a change of 0.1% of its value (or of 0.001) as
-    one unit, so a never-seen value there is far from every remembered row."""
+def neighbour_scaling(X: np.ndarray, method: str = "robust") -> tuple[np.ndarray, np.ndarray]:
+    """Center and scale of the neighbour space. ``robust``: median and IQR / 1.349 (the
+    standard deviation of normal data); a column whose IQR is 0 (mostly one value) uses its
+    standard deviation. ``range``: median and the training range, so a metric that barely moves
+    in training does not turn its small moves into large distances. Either way a column
+    constant in training counts a change of 0.1% of its value (or of 0.001) as one unit, so a
+    never-seen value there is far from every remembered row."""
     X = np.asarray(X, dtype=np.float64)
     constant = CONSTANT_RELATIVE_SCALE * np.maximum(np.abs(np.median(X, axis=0)), 1.0)
+    if method == "range":
+        spread = X.max(axis=0) - X.min(axis=0)
+        scale = np.where(spread > MIN_SCALE, spread, constant)
+        return np.median(X, axis=0).astype(np.float32), scale.astype(np.float32)
     return robust_scaling(X, constant)
 
 

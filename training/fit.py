@@ -198,7 +198,7 @@ def _detector(
     sample = X_train
     if len(sample) > config.sample_rows:
         sample = sample[np.sort(rng.choice(len(sample), config.sample_rows, replace=False))]
-    center, scale = neighbour_scaling(X_train)
+    center, scale = neighbour_scaling(X_train, config.neighbour_scaling)
     standardised = ((sample - center) / scale).astype(np.float32)
     weights = np.array([COMPONENT_WEIGHTS[c] for c in COMPONENTS], dtype=np.float32)
     lookup = TailLookup(sample)

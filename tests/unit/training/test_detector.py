@@ -170,6 +170,26 @@ def test_neighbour_scaling_ignores_outliers_and_handles_constant_columns():
     assert scale[2] == pytest.approx(X[:, 2].std(), rel=1e-5)
 
 
+def test_range_neighbour_scaling_measures_each_metric_in_its_training_range():
+    rng = np.random.default_rng(0)
+    # A metric in [0, 1] that barely moves (telemetry min-max scaled over a month): robust
+    # units make a 0.01 move 10 units; its range makes it a small share of its span.
+    quiet = 0.5 + rng.normal(scale=0.001, size=1000)
+    quiet[:5] = [0.0, 1.0, 0.2, 0.9, 0.4]  # the month's rare excursions set its range
+    X = np.column_stack([quiet, np.full(1000, 5.0)])
+    _, robust = neighbour_scaling(X)
+    center, scale = neighbour_scaling(X, "range")
+    assert robust[0] < 0.01 and scale[0] == pytest.approx(1.0)
+    assert center[1] == 5.0 and scale[1] == pytest.approx(0.005)  # constant: 0.1% of it
+
+
+def test_a_bundle_remembers_its_neighbour_scaling_and_refuses_an_unknown_one():
+    result = train(line(600), FitConfig(epochs=3, seed=0, neighbour_scaling="range"))
+    assert result.report["config"]["neighbour_scaling"] == "range"
+    with pytest.raises(TrainingError, match="neighbour scaling must be robust or range"):
+        FitConfig(neighbour_scaling="iqr").validate()
+
+
 def test_reconstruction_only_score_is_still_available():
     result = train(line(1000), FitConfig(epochs=10, seed=0, score="reconstruction"))
     assert result.report["score"] == {"method": "reconstruction"}

@@ -1,4 +1,5 @@
-"""``anomaly-train``'s per-entity baseline options (``fit``, ``retrain``, ``schedule``)."""
+"""``anomaly-train``'s detector options beyond the autoencoder's (``fit``, ``retrain``,
+``schedule``): the neighbour space's scaling and per-entity baselines."""
 
 from __future__ import annotations
 
@@ -7,12 +8,19 @@ from typing import Any
 
 from training.config import FitConfig
 
-__all__ = ["add_entity_options", "entity_settings"]
+__all__ = ["add_detector_options", "detector_settings"]
 
 FIT = FitConfig()
 
 
-def add_entity_options(p: argparse.ArgumentParser) -> None:
+def add_detector_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--neighbour-scaling",
+        choices=["robust", "range"],
+        default=FIT.neighbour_scaling,
+        help="combined score: units of the neighbour distance per feature; robust: median and "
+        "IQR (default), range: the training range (near-constant metrics stop dominating)",
+    )
     g = p.add_argument_group("per-entity baselines")
     g.add_argument(
         "--per-entity",
@@ -47,9 +55,10 @@ def add_entity_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def entity_settings(args: argparse.Namespace) -> dict[str, Any]:
+def detector_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The FitConfig fields these options set."""
     return {
+        "neighbour_scaling": args.neighbour_scaling,
         "per_entity": args.per_entity,
         "min_entity_rows": args.min_entity_rows,
         "max_baselines": args.max_baselines,
