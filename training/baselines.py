@@ -88,7 +88,8 @@ def build_entity_detector(
     short = [e for e in chosen if len(val_of[e]) < 2 or len(train_of[e]) < config.memory_subsets]
     if short:
         logger.info("%d entities left too few rows in the split: generic baseline", len(short))
-        chosen = [e for e in chosen if e not in set(short)]
+        dropped = set(short)
+        chosen = [e for e in chosen if e not in dropped]
         if not chosen:
             return None
     hidden, latent = layer_widths(X_train.shape[1], config)
@@ -147,12 +148,6 @@ def build_entity_detector(
         report["seconds"],
     )
     return EntityBaselines(module, tuple(chosen), report)
-
-
-def route(entities: Sequence[str | None], chosen: Sequence[str]) -> np.ndarray:
-    """Each row's baseline index (``-1``: generic) -- the worker's routing, for training."""
-    index = {e: i for i, e in enumerate(chosen)}
-    return np.array([index.get(e, -1) if e else -1 for e in entities], dtype=np.int64)
 
 
 def _rows_by_entity(entities: Sequence[str | None], chosen: list[str]) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.baselines import build_entity_detector, route
+from training.baselines import build_entity_detector
 from training.config import FitConfig
 from training.data import Table
 from training.detector import COMPONENTS, DetectorModule, TailLookup, neighbour_scaling
@@ -25,6 +25,7 @@ from training.optimise import ERROR_FLOOR, fit_ensemble, layer_widths, scores_of
 from training.publish import write_bundle
 from training.reference import build_reference
 from worker.contract.bundle import BundleMetadata, DriftReference, ThresholdCalibration
+from worker.contract.scoring import BaselineRouter
 
 __all__ = [
     "FitResult",
@@ -132,7 +133,7 @@ def train(
         if baselines is not None:
             module, chosen = baselines.module, baselines.entities
             with torch.no_grad():
-                index = torch.as_tensor(route(val_entities, chosen))
+                index = torch.as_tensor(BaselineRouter(chosen).route(val_entities))
                 routed = baselines.module.routed(torch.as_tensor(X_val), index)
             val_scores = routed[0].numpy().astype(np.float64)
     if not chosen:
