@@ -90,7 +90,9 @@ def main() -> int:
         default="default",
         help="default (the model's threshold, alerts only), entity_recent (per-entity "
         "thresholds), scores (a scores topic), telemetry (both), per_entity (per-entity "
-        "thresholds and a bundle with a baseline for each of --entities)",
+        "thresholds and a bundle with a baseline for each of --entities), telemetry_batch "
+        "(telemetry, scores in ANOMALY_SCORES_FORMAT=batch), everything (per_entity and "
+        "batched scores)",
     )
     parser.add_argument(
         "--baseline",
@@ -162,7 +164,7 @@ def main() -> int:
                 workdir / f"model-{memory}",
                 FitConfig(epochs=20, seed=0, memory_rows=memory),
             )
-            if "per_entity" in setups:  # a baseline for every entity the load names
+            if {"per_entity", "everything"} & set(setups):  # a baseline for every entity
                 print(f"fitting {args.entities:,} entity baselines ...", flush=True)
                 fit_bundle(
                     entity_traffic(args.entities, rng),
@@ -201,7 +203,8 @@ def main() -> int:
             alerts, dlq = f"bench-alerts-{suffix}", f"bench-dlq-{suffix}"
             scores = f"bench-scores-{suffix}"
             admin = KafkaAdminClient(bootstrap_servers=broker)
-            outputs = (alerts, dlq, scores) if setup in ("scores", "telemetry") else (alerts, dlq)
+            extra = SETUPS[setup](scores, "")
+            outputs = (alerts, dlq, scores) if "ANOMALY_SCORES_TOPIC" in extra else (alerts, dlq)
             admin.create_topics([NewTopic(t, args.partitions, 1) for t in outputs])
             admin.close()
             port = free_port()
@@ -348,10 +351,22 @@ SETUPS = {
         "ANOMALY_THRESHOLD_MODE": "entity_recent",
         "ANOMALY_SCORES_TOPIC": scores,
     },
+    "telemetry_batch": lambda scores, model: {
+        "ANOMALY_THRESHOLD_MODE": "entity_recent",
+        "ANOMALY_SCORES_TOPIC": scores,
+        "ANOMALY_SCORES_FORMAT": "batch",
+    },
     # Per-entity thresholds and a bundle with a baseline for every entity of the load.
     "per_entity": lambda scores, model: {
         "ANOMALY_THRESHOLD_MODE": "entity_recent",
         "ANOMALY_MODEL_PATH": f"{model}-per-entity",
+    },
+    # All the telemetry options at once: per-entity baselines and thresholds, every score.
+    "everything": lambda scores, model: {
+        "ANOMALY_THRESHOLD_MODE": "entity_recent",
+        "ANOMALY_MODEL_PATH": f"{model}-per-entity",
+        "ANOMALY_SCORES_TOPIC": scores,
+        "ANOMALY_SCORES_FORMAT": "batch",
     },
 }
 

@@ -44,6 +44,7 @@ from training.evaluate import judge, score_table
 from training.exceptions import TrainingError
 from training.fit import fit_bundle
 from worker.contract.recent_threshold import DEFAULT_WARMUP_RECORDS, DEFAULT_WINDOW_RECORDS
+from worker.core.scores import expand_scores
 from worker.exceptions import WorkerError
 
 __all__ = ["main"]
@@ -99,6 +100,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--client", default="kafka-python", choices=("kafka-python", "confluent"))
     parser.add_argument("--bootstrap-servers", help="a Kafka cluster instead of the embedded one")
     parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument(
+        "--scores-format",
+        default="record",
+        choices=("record", "batch"),
+        help="the worker's ANOMALY_SCORES_FORMAT (default: record)",
+    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -223,6 +230,7 @@ def through_worker(
         "ANOMALY_ALERT_TOPIC": topics["alerts"],
         "ANOMALY_DLQ_TOPIC": topics["dlq"],
         "ANOMALY_SCORES_TOPIC": topics["scores"],
+        "ANOMALY_SCORES_FORMAT": args.scores_format,
         "ANOMALY_GROUP_ID": f"replay-{run}",
         "ANOMALY_MODEL_PATH": str(model),
         "ANOMALY_THRESHOLD_MODE": args.threshold_mode,
@@ -300,14 +308,14 @@ def read_scores(
         deadline = time.monotonic() + timeout_seconds
         while len(seen) < expected and time.monotonic() < deadline and worker.poll() is None:
             for batch in consumer.poll(timeout_ms=500).values():
-                for record in batch:
-                    body = json.loads(record.value)
-                    name, _, position = body["id"].rpartition("/")
+                for body in (s for record in batch for s in expand_scores(record.value)):
+                    rid = str(body["id"])
+                    name, _, position = rid.rpartition("/")
                     k, r = index[name], int(position)
                     out[k].scores[r] = np.nan if body["score"] is None else body["score"]
                     out[k].alerts[r] = body["alert"]
                     out[k].received[r] = True
-                    seen.add(body["id"])
+                    seen.add(rid)
     finally:
         consumer.close()
     return out

@@ -60,6 +60,7 @@ class PipelineConfig:
     on_undecodable_batch: str = "fail"
     unknown_features: str = "ignore"
     scores_topic: str | None = None
+    scores_format: str = "record"
     connect_backoff_max_seconds: float = 10.0
     session_timeout_seconds: float = 10.0
     processing_guarantee: str = "at_least_once"
@@ -87,6 +88,7 @@ def pipeline_config(settings: WorkerSettings) -> PipelineConfig:
         on_undecodable_batch=settings.on_undecodable_batch,
         unknown_features=settings.unknown_features,
         scores_topic=settings.scores_topic,
+        scores_format=settings.scores_format,
         connect_backoff_max_seconds=settings.connect_backoff_max_seconds,
         session_timeout_seconds=settings.session_timeout_seconds,
         processing_guarantee=settings.processing_guarantee,
@@ -155,6 +157,7 @@ def build_pipeline(
             config.commit_interval_seconds,
             config.top_features,
             ignore_unknown_features=config.unknown_features == "ignore",
+            batch_scores=config.scores_format == "batch",
         ),
         consumer,
         MicroBatch(BatchWindow(config.batch_max_records, config.batch_max_wait_seconds, clock)),

@@ -29,7 +29,7 @@ from worker.contract.records import DecodedBatch
 from worker.contract.scoring import Scored
 from worker.core.alerts import AlertContext, build_alerts
 from worker.core.batching import MicroBatch
-from worker.core.scores import build_scores
+from worker.core.scores import build_score_batches, build_scores
 from worker.delivery.checkpoint import Committer
 from worker.delivery.exceptions import UndecodableBatchError
 from worker.delivery.outputs import Outputs
@@ -56,6 +56,8 @@ class LoopConfig:
     top_features: int
     #: ANOMALY_UNKNOWN_FEATURES=ignore: score records carrying named features the model lacks.
     ignore_unknown_features: bool = True
+    #: ANOMALY_SCORES_FORMAT=batch: one scores message per micro-batch and input partition.
+    batch_scores: bool = False
 
 
 class Pipeline:
@@ -219,7 +221,7 @@ class Pipeline:
             if self.outputs.scores_topic is not None:
                 sources = [source_of(messages[p]) for p in decoded.positions.tolist()]
                 version = model.scorer.metadata.version
-                scores = build_scores(
+                columns = (
                     decoded.records,
                     sources,
                     scored.scores,
@@ -229,7 +231,11 @@ class Pipeline:
                     version,
                     scored.baseline,
                 )
-                self.outputs.scores(scores, sources)
+                if self.config.batch_scores:
+                    batches, dropped = build_score_batches(*columns, self.config.max_record_bytes)
+                    self.outputs.scores(batches, sources, dropped)
+                else:
+                    self.outputs.scores(build_scores(*columns), sources)
         m.batch_duration.observe(time.perf_counter() - started)
         m.last_processed.set(time.time())
 

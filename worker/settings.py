@@ -69,6 +69,9 @@ class WorkerSettings(KafkaSettings):
     """A batch the client cannot decode: `fail` exits 3 naming it, `skip` dead-letters it."""
     scores_topic: str | None = Field(None, min_length=1)
     """When set, every scored record's score goes there too (id, entity, ts, score, alert)."""
+    scores_format: Literal["record", "batch"] = "record"
+    """`record`: one message per score, keyed by entity; `batch`: one per micro-batch and input
+    partition (lists of the same fields), a producer call per batch instead of per record."""
     unknown_features: Literal["ignore", "refuse"] = "ignore"
     """Named features the model lacks (a producer added one): `ignore` scores the record and
     counts them, `refuse` dead-letters it as `unknown_feature`."""

@@ -112,6 +112,7 @@ def test_reads_env_and_dotenv(monkeypatch, tmp_path):
             "ANOMALY_SCORES_TOPIC must differ from the input, alert and dead-letter topics",
         ),
         ({"ANOMALY_SCORES_TOPIC": ""}, "ANOMALY_SCORES_TOPIC: String should have at least 1"),
+        ({"ANOMALY_SCORES_FORMAT": "rows"}, "ANOMALY_SCORES_FORMAT: Input should be 'record' or"),
     ],
 )
 def test_bad_values_name_the_variable(monkeypatch, env, expected):

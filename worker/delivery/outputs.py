@@ -169,23 +169,29 @@ class Outputs:
         return False
 
     def scores(
-        self, outputs: Sequence[tuple[bytes, bytes]], sources: Sequence[SourceMessage]
+        self,
+        outputs: Sequence[tuple[bytes, bytes]],
+        sources: Sequence[SourceMessage],
+        dropped: int = 0,
     ) -> None:
-        """Send a score record per scored record (under the same guarantee as alerts); one too
-        large to produce (a huge id or entity) is left out, counted."""
+        """Send the score messages of a batch (under the same guarantee as alerts); a record
+        whose score is too large to produce (a huge id or entity) is left out, counted:
+        ``dropped`` are those its builder left out already."""
         assert self.scores_topic is not None
+        if dropped:
+            self.metrics.scores_dropped.inc(dropped)
         if not outputs:
             return
         # One delivery callback for the batch's scores: a refusal stops every commit anyway.
         watcher = self.failures.watcher(f"{location(sources[0])} (a score of its batch)")
-        dropped = 0
+        too_large = 0
         for key, value in outputs:
             if len(key) + len(value) > self.max_record_bytes:
-                dropped += 1
+                too_large += 1
                 continue
             self._send(self.scores_topic, key, value, None, watcher)
-        if dropped:
-            self.metrics.scores_dropped.inc(dropped)
+        if too_large:
+            self.metrics.scores_dropped.inc(too_large)
 
     def dead_letter(self, source: SourceMessage, reason: str, detail: str) -> None:
         letter = build_dead_letter(source, reason, detail, self.max_record_bytes)
