@@ -57,6 +57,7 @@ from demo.broker import LocalBroker, free_port, stop_process
 from training.config import FitConfig
 from training.data import Table
 from training.fit import fit_bundle
+from worker.kafka.confluent import FETCH_QUEUE_BACKOFF_MS
 from worker.kafka.kafka_python import consumer_config
 from worker.settings import WorkerSettings
 
@@ -186,6 +187,12 @@ def main() -> int:
         rate, cpu = bare_confluent(bootstrap, topic, f"bare-confluent-{tag}", args.records)
         rows.append(("bare confluent-kafka", rate, cpu))
         print(f"bare confluent-kafka: {rate:,.0f} records/s, {cpu:.1f} CPU s/1M", flush=True)
+        # The same client with the one fetch property the worker changes (see
+        # worker.kafka.confluent.FETCH_QUEUE_BACKOFF_MS): what a tuned bare reader gets.
+        tuned = {"fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS}
+        rate, cpu = bare_confluent(bootstrap, topic, f"bare-tuned-{tag}", args.records, tuned)
+        rows.append((BARE_TUNED, rate, cpu))
+        print(f"{BARE_TUNED}: {rate:,.0f} records/s, {cpu:.1f} CPU s/1M", flush=True)
 
         def start_worker(
             client: str,
@@ -307,6 +314,8 @@ def main() -> int:
         bare = "bare kafka-python" if client == "kafka-python" else "bare confluent-kafka"
         name = named(client, guarantee, drift, memory, checkout, setup)
         print(f"{name} / {bare}: {by[name] / by[bare]:.2f}")
+        if client == "confluent":
+            print(f"{name} / {BARE_TUNED}: {by[name] / by[BARE_TUNED]:.2f}")
         if checkout is not None:
             this = named(client, guarantee, drift, memory, None, setup)
             print(f"{this} / {name}: {by[this] / by[name]:.2f}")
@@ -338,6 +347,8 @@ def main() -> int:
         print(f"{name} peak RSS: {mib:.0f} MiB")
     return 0
 
+
+BARE_TUNED = f"bare confluent-kafka, fetch.queue.backoff.ms={FETCH_QUEUE_BACKOFF_MS}"
 
 #: The embedded broker's process, when the benchmark started one (its CPU is reported too).
 BROKER: dict[str, int] = {}
@@ -453,8 +464,11 @@ def bare_kafka_python(settings: WorkerSettings, topic: str, n: int) -> tuple[flo
     return steady_rate(timeline, n)
 
 
-def bare_confluent(bootstrap: str, topic: str, group: str, n: int) -> tuple[float, float]:
-    """A bare confluent-kafka drain that reads every value (as any consumer must)."""
+def bare_confluent(
+    bootstrap: str, topic: str, group: str, n: int, extra: dict[str, Any] | None = None
+) -> tuple[float, float]:
+    """A bare confluent-kafka drain that reads every value (as any consumer must);
+    librdkafka's defaults unless ``extra`` says otherwise."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -462,6 +476,7 @@ def bare_confluent(bootstrap: str, topic: str, group: str, n: int) -> tuple[floa
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
             "session.timeout.ms": 6000,
+            **(extra or {}),
         }
     )
     consumer.subscribe([topic])

@@ -48,6 +48,13 @@ logger = logging.getLogger(__name__)
 METADATA_TIMEOUT_SECONDS = 5.0
 #: How often librdkafka reports its statistics (the group link's health is read from them).
 STATISTICS_INTERVAL_MS = 1000
+#: How long librdkafka waits before fetching a partition again once its local queue held
+#: ``queued.min.messages`` (100,000) records. Its default, 1 s, outlasts the time the worker
+#: takes to empty that queue (~0.5 s at 200,000 records/s): every catch-up (a restart, a
+#: rebalance, a burst) then stalls on an empty queue for the rest of the second, and a
+#: drain of a filled topic ran at ~0.6 of its rate (docs/benchmarks.md). The check it
+#: postpones is local, no request is sent while the queue is full, so 10 ms costs nothing.
+FETCH_QUEUE_BACKOFF_MS = 10
 #: Errors that mean a batch cannot be decoded.
 _UNDECODABLE = {ck.KafkaError._BAD_MSG, ck.KafkaError._BAD_COMPRESSION}
 _VALUE, _ERROR = ck.Message.value, ck.Message.error
@@ -74,6 +81,7 @@ def consumer_config(connection: Connection, options: ConsumerOptions) -> dict[st
         **client_config(connection),
         **librdkafka_config(consumer_choices(options)),
         "enable.auto.offset.store": False,
+        "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
         "statistics.interval.ms": STATISTICS_INTERVAL_MS,
         "allow.auto.create.topics": False,
     }
