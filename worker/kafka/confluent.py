@@ -52,8 +52,9 @@ STATISTICS_INTERVAL_MS = 1000
 #: ``queued.min.messages`` (100,000) records. Its default, 1 s, outlasts the time the worker
 #: takes to empty that queue (~0.5 s at 200,000 records/s): every catch-up (a restart, a
 #: rebalance, a burst) then stalls on an empty queue for the rest of the second, and a
-#: drain of a filled topic ran at ~0.6 of its rate (docs/benchmarks.md). The check it
-#: postpones is local, no request is sent while the queue is full, so 10 ms costs nothing.
+#: drain of a filled topic ran at half its rate (docs/benchmarks.md). The check it
+#: postpones is local (no request is sent while the queue is full): 0.6% of a core while a
+#: queue sits full, measured.
 FETCH_QUEUE_BACKOFF_MS = 10
 #: Errors that mean a batch cannot be decoded.
 _UNDECODABLE = {ck.KafkaError._BAD_MSG, ck.KafkaError._BAD_COMPRESSION}
