@@ -102,7 +102,12 @@ def test_a_second_worker_with_the_same_transactional_id_fences_the_first(
     wait_for(lambda: first.metric("anomaly_alerts_total") == 1, 30, message="a first alert")
     second = start_worker(**same)
     second.wait_ready()
-    produce(kafka_bootstrap, topics.input, [record([5, 5, 5, 5], id=f"x{i}") for i in range(2, 40)])
+    # Records on every partition: whichever the first worker still owns after the second
+    # joined, it gets work, opens a transaction and learns that it is fenced. (Unkeyed
+    # records in one produce call land on one partition, which may be the second's alone.)
+    for partition in range(3):
+        rows = [record([5, 5, 5, 5], id=f"x{partition}-{i}") for i in range(13)]
+        produce(kafka_bootstrap, topics.input, rows, partition=partition)
     wait_for(first.exited, 60, message="the fenced worker to stop")
     assert first.process.returncode == 1
     assert "fenced: a newer producer with transactional id" in first.log()
