@@ -26,10 +26,7 @@ SMALL_QUEUE = {"queued.min.messages": 50, "fetch.max.bytes": 200_000, "message.m
 
 
 class Hooks:
-    """Rebalance hooks of a consumer that commits nothing."""
-
-    def __init__(self) -> None:
-        self.assigned: set[Partition] = set()
+    """Rebalance hooks of a consumer that commits nothing and keeps no state."""
 
     def prepare_revoke(self) -> dict[Partition, int]:
         return {}
@@ -38,13 +35,13 @@ class Hooks:
         pass
 
     def revoked(self, revoked: set[Partition]) -> None:
-        self.assigned -= revoked
+        pass
 
     def lost(self, lost: set[Partition]) -> None:
-        self.assigned -= lost
+        pass
 
     def on_assigned(self, assigned: set[Partition]) -> None:
-        self.assigned |= assigned
+        pass
 
 
 def test_librdkafka_worker_drains_a_backlog_without_fetch_pauses(kafka_bootstrap, monkeypatch):
