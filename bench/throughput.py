@@ -258,7 +258,13 @@ def main() -> int:
             )
             rate, cpu = worker_drain(port, args.records, worker.pid)
             rows.append((name, rate, cpu))
-            print(f"{name}: {rate:,.0f} records/s, {cpu:.1f} CPU s/1M", flush=True)
+            batches = scrape(port, "anomaly_batch_size_count")
+            mean_batch = scrape(port, "anomaly_batch_size_sum") / max(batches, 1)
+            print(
+                f"{name}: {rate:,.0f} records/s, {cpu:.1f} CPU s/1M, "
+                f"{mean_batch:,.0f} records per batch",
+                flush=True,
+            )
             rss[name] = peak_rss_mib(worker.pid)
             stop_process(worker)
             for load in loads:

@@ -2,13 +2,20 @@
 
 Each step has one owner, wired together once by :mod:`worker.app`: the micro-batch
 (:class:`~worker.core.batching.MicroBatch`), the served model
-(:class:`~worker.model.served.ServedModel`), the outputs
+(:class:`~worker.model.served.ServedModel`), one batch's work
+(:class:`~worker.processing.BatchProcessor`), the outputs
 (:class:`~worker.delivery.outputs.Outputs`), the commit protocol
 (:class:`~worker.delivery.checkpoint.Committer`: at-least-once or exactly-once, chosen
 once), the broker link's health (:class:`~worker.kafka.link.BrokerLink`) and the policy
 for batches the client cannot decode
 (:class:`~worker.delivery.undecodable.UndecodableBatches`). The pipeline runs the loop,
 processes batches, and hands the rebalance callbacks to the committer.
+
+Two batches overlap: while batch N's model call runs on the processor's helper thread, the
+loop polls and decodes batch N+1; then N is thresholded, its outputs handed over and its
+offsets marked processed, and N+1's model call starts. Batch N is finished first whenever
+anything else happens: before every commit, rebalance callback, partition drop, model
+reload and stop, so the commit protocol sees what it saw without the overlap.
 """
 
 from __future__ import annotations
@@ -20,16 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from worker.contract.decode import decode_batch
 from worker.contract.messages import Partition
-from worker.contract.recent_threshold import Judgement
-from worker.contract.records import DecodedBatch
-from worker.contract.scoring import Scored
-from worker.core.alerts import AlertContext, build_alerts
 from worker.core.batching import MicroBatch
-from worker.core.scores import build_score_batches, build_scores
 from worker.delivery.checkpoint import Committer
 from worker.delivery.exceptions import UndecodableBatchError
 from worker.delivery.outputs import Outputs
@@ -40,6 +39,7 @@ from worker.kafka.ports import Chunk, Consumer, TransientError, UndecodableError
 from worker.model.served import ServedModel
 from worker.observe.health import HealthState
 from worker.observe.metrics import WorkerMetrics
+from worker.processing import BatchProcessor, InFlight, ProcessingConfig
 
 __all__ = ["LoopConfig", "Pipeline"]
 
@@ -81,7 +81,22 @@ class Pipeline:
         self.model, self.outputs, self.committer = model, outputs, committer
         self.link, self.undecodable = link, undecodable
         self.metrics, self.health, self.clock = metrics, health, clock
-        self.ownership = Ownership(config.input_topic, consumer, batch, committer, link, metrics)
+        self.processor = BatchProcessor(
+            ProcessingConfig(
+                config.max_record_bytes,
+                config.top_features,
+                config.ignore_unknown_features,
+                config.batch_scores,
+            ),
+            consumer,
+            model,
+            outputs,
+            metrics,
+        )
+        self.ownership = Ownership(
+            config.input_topic, consumer, batch, committer, link, metrics, self._finish_in_flight
+        )
+        self._in_flight: InFlight | None = None  # the batch whose model call is running
         self._abandoned = False  # a fatal error happened: never process or commit again
         self._listener_error: BaseException | None = None
         self._last_commit = clock()
@@ -99,7 +114,7 @@ class Pipeline:
             deadline = None if max_seconds is None else self.clock() + max_seconds
             while not stop.is_set() and (deadline is None or self.clock() < deadline):
                 caught_up = self._collect(stop)
-                self._process_batch()
+                self._advance()
                 due = self.clock() - self._last_commit >= self.config.commit_interval_seconds
                 if due or caught_up:
                     self.commit()
@@ -108,21 +123,28 @@ class Pipeline:
                 self.link.follow(self.consumer.link_age(), bool(self.ownership.assigned))
                 self.health.beat()
                 if self.link.down:
+                    self._finish_in_flight()
                     stop.wait(self.link.backoff_seconds)
             self._process_batch()
             self.commit(final=True)
         except BaseException:
             self.abandon()
             raise
+        finally:
+            self.processor.close()
 
     def commit(self, final: bool = False) -> None:
+        """A commit point: the batch in flight is finished first (its offsets then count)."""
+        self._finish_in_flight()
         self._last_commit = self.clock()
         self.committer.commit(final)
 
     def abandon(self) -> None:
-        """After a fatal error: drop the batch in hand, never process or commit again."""
+        """After a fatal error: drop the batches in hand and in flight, never process or
+        commit again."""
         self._abandoned = True
         self.batch.take()
+        self._in_flight = None
         self.committer.abandon()
 
     def add(self, chunk: Chunk) -> None:
@@ -138,17 +160,23 @@ class Pipeline:
 
         Returns True when a poll came back empty: the worker has caught up, a
         good moment to commit without waiting for the interval.
+
+        With a batch in flight, polls do not wait either: records already buffered
+        are collected while its model call runs; none buffered, it is finished at once
+        rather than after a wait (its alerts would wait with it).
         """
         window = self.batch.window
         while not stop.is_set():
             if self.link.holding():  # keep the client polling (it rejoins in poll), slowly
                 wait, room = POLL_SLICE_SECONDS, max(window.room, 1)
+            elif window.count or self._in_flight is not None:
+                wait, room = 0.0, window.room
             else:
-                wait = 0.0 if window.count else min(window.remaining_seconds(), POLL_SLICE_SECONDS)
-                room = window.room
+                wait, room = min(window.remaining_seconds(), POLL_SLICE_SECONDS), window.room
+            in_flight = self._in_flight is not None
             chunk = self._poll(wait, room)
-            if chunk is None:
-                return window.count == 0  # caught up, or the buffer is drained mid-stream
+            if chunk is None:  # caught up, or the buffer is drained mid-stream or mid-flight
+                return window.count == 0 and not in_flight
             self.add(chunk)
             if window.ready():
                 return False
@@ -178,98 +206,47 @@ class Pipeline:
             error, self._listener_error = self._listener_error, None
             raise error
 
-    def _process_batch(self) -> None:
-        if self._abandoned or self.link.holding():
+    def _advance(self) -> None:
+        """Finish the batch in flight and start the one in hand: decoding the new batch
+        first, so that it overlaps the model call of the old."""
+        if self._abandoned:
             return
-        self.model.refresh()
-        if not self.batch:
+        holding = self.link.holding()
+        if holding or not self.batch:
+            self._finish_in_flight()
+            if not holding:
+                self.model.refresh()  # a promoted model is served even while no record comes
             return
         messages, values, last = self.batch.take()
+        schema, started = self.model.schema, time.perf_counter()
+        decoded = self.processor.decode(values)
+        self._finish_in_flight()
+        self.model.refresh()
+        if self.model.schema is not schema:  # a new model: decode against its features
+            decoded = self.processor.decode(values)
         self.committer.processing(messages, last)
-        self.process(messages, values)
-        self.committer.processed(last)
+        self._in_flight = self.processor.begin(messages, last, decoded, started)
 
-    # --- one batch --------------------------------------------------------------------
+    def _finish_in_flight(self) -> None:
+        """Threshold the batch in flight, hand its outputs over, mark its offsets processed."""
+        batch, self._in_flight = self._in_flight, None
+        if batch is None or self._abandoned:
+            return
+        self.processor.finish(batch)
+        self.committer.processed(batch.last)
+
+    def _process_batch(self) -> None:
+        """Process the batch in hand and the one in flight, to the end."""
+        self._advance()
+        self._finish_in_flight()
+
     def process(self, messages: Sequence[Any], values: Sequence[bytes | None]) -> None:
-        """Decode, score and produce the outputs of one batch (offsets are the caller's).
-
-        ``messages`` are the client's records, ``values`` their values.
-        """
+        """Decode, score and produce the outputs of one batch, to the end (offsets are the
+        caller's). ``messages`` are the client's records, ``values`` their values."""
+        self._finish_in_flight()
         started = time.perf_counter()
-        m, model = self.metrics, self.model
-        m.records_consumed.inc(len(values))
-        m.batch_size.observe(len(values))
-        decoded = decode_batch(
-            values, model.schema, self.config.max_record_bytes, self.config.ignore_unknown_features
-        )
-        source_of = self.consumer.source_of
-        for bad in decoded.invalid:
-            self.outputs.dead_letter(source_of(messages[bad.position]), bad.reason, bad.detail)
-        model.watch_fit(decoded)
-        if len(decoded.positions):
-            t0 = time.perf_counter()
-            scored = model.score(decoded)
-            m.inference_duration.observe(time.perf_counter() - t0)
-            m.records_scored.inc(len(decoded.positions))
-            judged = model.decide(scored.scores, decoded.records)
-            m.score_ratio.observe_many(scored.scores / judged.threshold)
-            if model.drift is not None:
-                model.drift.observe(decoded.features, scored.scores)
-            rows = np.flatnonzero(judged.alert)
-            if rows.size:
-                self._alert(messages, decoded, scored, judged, rows)
-            if self.outputs.scores_topic is not None:
-                sources = [source_of(messages[p]) for p in decoded.positions.tolist()]
-                version = model.scorer.metadata.version
-                columns = (
-                    decoded.records,
-                    sources,
-                    scored.scores,
-                    judged.threshold,
-                    judged.alert,
-                    judged.warming,
-                    version,
-                    scored.baseline,
-                )
-                if self.config.batch_scores:
-                    batches, dropped = build_score_batches(*columns, self.config.max_record_bytes)
-                    self.outputs.scores(batches, sources, dropped)
-                else:
-                    self.outputs.scores(build_scores(*columns), sources)
-        m.batch_duration.observe(time.perf_counter() - started)
-        m.last_processed.set(time.time())
-
-    def _alert(
-        self,
-        messages: Sequence[Any],
-        decoded: DecodedBatch,
-        scored: Scored,
-        judged: Judgement,
-        rows: np.ndarray,
-    ) -> None:
-        model = self.model
-        errors, expected = scored.details(rows)
-        context = AlertContext(
-            feature_names=model.schema.names,
-            threshold=model.threshold.value,
-            model_version=model.scorer.metadata.version,
-            top_features=self.config.top_features,
-            detected_at=time.time(),
-        )
-        sources = [self.consumer.source_of(messages[int(decoded.positions[r])]) for r in rows]
-        alerts = build_alerts(
-            context,
-            [decoded.records[r] for r in rows],
-            sources,
-            scored.scores[rows],
-            decoded.features[rows],
-            errors,
-            expected,
-            judged.threshold[rows],
-            None if judged.warming is None else judged.warming[rows],
-            None if scored.baseline is None else scored.baseline[rows],
-        )
-        self.outputs.alerts(alerts, sources)
+        decoded = self.processor.decode(values)
+        self.processor.finish(self.processor.begin(messages, {}, decoded, started))
 
     def _undecodable(self, exc: UndecodableError) -> None:
         """The client cannot decode a batch: stop naming it, or step past it and dead-letter it."""
@@ -287,7 +264,8 @@ class Pipeline:
 
     # --- partitions moving (the client calls these; see worker.kafka.ports) ---------------
     def prepare_revoke(self) -> dict[Partition, int]:
-        """Before partitions move: finish the batch in hand; what the committer says to commit.
+        """Before partitions move: finish the batches in hand and in flight; what the
+        committer says to commit.
 
         kafka-python runs it on its IO thread (the main thread is blocked in poll
         or close meanwhile), librdkafka inside poll on the main thread; either way
@@ -319,6 +297,7 @@ class Pipeline:
         """The group evicted us (e.g. a network cut longer than the session): drop, no commit."""
         if not self._abandoned:
             try:
+                self._finish_in_flight()  # as processed before the poll: its outputs go too
                 self.committer.lost()
             except Exception as exc:
                 self.abandon()

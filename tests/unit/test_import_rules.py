@@ -23,7 +23,8 @@ WORKER_LAYERS: dict[str, set[str]] = {
     "kafka": {"exceptions", "contract", "observe", "kafka"},
     "model": {"contract", "core", "observe", "model"},
     "delivery": {"exceptions", "contract", "core", "observe", "kafka", "delivery"},
-    "pipeline": {"contract", "core", "observe", "kafka", "model", "delivery"},
+    "processing": {"contract", "core", "observe", "kafka", "model", "delivery"},
+    "pipeline": {"contract", "core", "observe", "kafka", "model", "delivery", "processing"},
     "settings": {"kafka", "contract"},
     "app": {
         "exceptions",
@@ -33,6 +34,7 @@ WORKER_LAYERS: dict[str, set[str]] = {
         "kafka",
         "model",
         "delivery",
+        "processing",
         "pipeline",
         "settings",
     },

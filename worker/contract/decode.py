@@ -81,13 +81,13 @@ def _matrix_of_lists(records: list[Record], size: int) -> np.ndarray | None:
     if not records:
         return np.empty((0, size), dtype=np.float32)
     try:
-        block = np.array(list(map(_FEATURES, records)), dtype=np.float64)
+        # Straight to float32 (each number rounded once, as through float64): 0.28 against
+        # 0.49 us per record of 8 features. Beyond float32: inf, refused as non_finite.
+        with np.errstate(over="ignore"):
+            block = np.array(list(map(_FEATURES, records)), dtype=np.float32)
     except (ValueError, TypeError):  # ragged lists, or named features (dicts)
         return None
-    if block.shape != (len(records), size):
-        return None
-    with np.errstate(over="ignore"):  # beyond float32: inf, refused as non_finite
-        return block.astype(np.float32)
+    return block if block.shape == (len(records), size) else None
 
 
 def _check_timestamps(records: list[Record], refused: dict[int, tuple[str, str]]) -> None:

@@ -8,6 +8,7 @@ from where the group or ``ANOMALY_AUTO_OFFSET_RESET`` says.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from worker.contract.messages import Partition
@@ -33,9 +34,12 @@ class Ownership:
         committer: Committer,
         link: BrokerLink,
         metrics: WorkerMetrics,
+        settle: Callable[[], None] = lambda: None,
     ) -> None:
         self.input_topic, self.consumer, self.batch = input_topic, consumer, batch
         self.committer, self.link, self.metrics = committer, link, metrics
+        #: Finishes the batch in flight: called before any partition's records are dropped.
+        self.settle = settle
         self.assigned: set[Partition] = set()
 
     def gained(self, assigned: set[Partition]) -> None:
@@ -43,6 +47,7 @@ class Ownership:
 
     def gone(self, partitions: set[Partition]) -> None:
         """Partitions no longer this worker's: drop their records in hand, forget them."""
+        self.settle()
         dropped = self.batch.drop(partitions, self.partition_of)
         if dropped:
             logger.info("dropped %d records of partitions this worker no longer owns", dropped)
@@ -64,6 +69,7 @@ class Ownership:
         changed = self.link.topic_changed(self.consumer.topic_id(topic))
         if changed is None:
             return
+        self.settle()
         partitions = {p for p in self.assigned if p[0] == topic}
         dropped = self.batch.drop(partitions, self.partition_of)
         self.committer.forget(partitions)

@@ -105,7 +105,8 @@ class WorkerMetrics:
         )
         self.batch_duration = Histogram(
             "anomaly_batch_duration_seconds",
-            "Decode + score + produce time per micro-batch.",
+            "Time per micro-batch from decoding to outputs handed over (batches overlap: "
+            "it includes polling and decoding the next batch while this one is scored).",
             buckets=INFERENCE_BUCKETS,
             registry=r,
         )

@@ -24,9 +24,18 @@ def test_samples_go_to_the_outermost_stage_and_waits_are_split_out(tmp_path):
                 "Pipeline.process (worker/pipeline.py:211);"
                 "decode_batch (worker/contract/decode.py:1) 5",
                 # An alert's produce call counts as alerts: the outer stage decides.
-                f"{MAIN};Pipeline.process (worker/pipeline.py:220);"
-                "Pipeline._alert (worker/pipeline.py:272);"
+                f"{MAIN};Pipeline._advance (worker/pipeline.py:220);"
+                "BatchProcessor.finish (worker/processing.py:120);"
+                "BatchProcessor._alert (worker/processing.py:172);"
                 "Outputs._send (worker/delivery/outputs.py:224) 3",
+                # Batch N's model call, still running when the loop finishes N.
+                f"{MAIN};Pipeline._advance (worker/pipeline.py:223);"
+                "BatchProcessor.finish (worker/processing.py:120);"
+                "Future.result (concurrent/futures/_base.py:451);"
+                "Condition.wait (threading.py:327) 2",
+                "thread (11): anomaly-score_0;Thread.run (threading.py:982);"
+                "BatchProcessor._score (worker/processing.py:112);"
+                "ServedModel.score (worker/model/served.py:99) 4",
                 f"{MAIN};Pipeline.commit (worker/pipeline.py:120);flush (x.py:1) 4",
                 f"{MAIN};HealthState.beat (worker/observe/health.py:3) 1",
                 "thread (9): health;Thread.run (threading.py:982);Event.wait (threading.py:629);"
@@ -42,8 +51,10 @@ def test_samples_go_to_the_outermost_stage_and_waits_are_split_out(tmp_path):
         "poll (waiting)": 2,
         "decode": 5,
         "alerts": 3,
+        "waiting for the model call (waiting)": 2,
         "commit": 4,
         "other: HealthState.beat": 1,
     }
+    assert dict(threads["anomaly-score_0"]) == {"score": 4}
     assert dict(threads["health"]) == {"other (waiting)": 7}
     assert dict(threads["kafka-io"]) == {"other": 2}
