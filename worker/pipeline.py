@@ -11,7 +11,8 @@ for batches the client cannot decode
 (:class:`~worker.delivery.undecodable.UndecodableBatches`). The pipeline runs the loop,
 processes batches, and hands the rebalance callbacks to the committer.
 
-Two batches overlap: while batch N's model call runs on the processor's helper thread, the
+Two batches overlap on a backlog: while batch N's model call runs on the processor's helper
+thread (batches of ``OVERLAP_MIN_RECORDS`` and more; smaller ones are scored at once), the
 loop polls and decodes batch N+1; then N is thresholded, its outputs handed over and its
 offsets marked processed, and N+1's model call starts. Batch N is finished first whenever
 anything else happens: before every commit, rebalance callback, partition drop, model
@@ -226,6 +227,8 @@ class Pipeline:
             decoded = self.processor.decode(values)
         self.committer.processing(messages, last)
         self._in_flight = self.processor.begin(messages, last, decoded, started)
+        if not self._in_flight.overlapped:  # scored already: nothing to overlap
+            self._finish_in_flight()
 
     def _finish_in_flight(self) -> None:
         """Threshold the batch in flight, hand its outputs over, mark its offsets processed."""

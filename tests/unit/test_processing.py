@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import worker.processing
 from tests.fakes import FakeConsumer, LogConsumer, TransactionalProducer, chunk, make_pipeline
 from tests.fakes import messages as make_messages
 from tests.helpers import NAMES, record, write_distance_bundle
@@ -17,6 +18,13 @@ from worker.contract.scoring import Scorer
 from worker.processing import SCORING_THREAD
 
 P0 = ("in", 0)
+
+
+@pytest.fixture(autouse=True)
+def overlap_small_batches(request, monkeypatch):
+    """These tests' batches are a few records: let them overlap as a backlog's would."""
+    if "inline" not in request.node.name:
+        monkeypatch.setattr(worker.processing, "OVERLAP_MIN_RECORDS", 1)
 
 
 def batches_of(values_per_batch):
@@ -230,3 +238,38 @@ def test_a_failed_model_call_stops_the_worker_and_commits_nothing(tmp_path):
     with pytest.raises(RuntimeError, match="the model call failed"):
         pipeline.run(threading.Event(), max_seconds=0.5)
     assert producer.sent == [] and consumer.commits == []
+
+
+def test_small_batches_are_scored_inline_and_their_alerts_sent_before_the_next_poll(tmp_path):
+    """Below OVERLAP_MIN_RECORDS the loop has time to spare: handing the model call to the
+    helper thread would only add GIL hand-overs to the alerts' latency."""
+    batches = mixed_batches(count=3)
+    pipeline, consumer, producer, _ = make_pipeline(
+        tmp_path, [], consumer=lambda log: CountingConsumer(log, batches), batch_max_records=5
+    )
+    real_score, seen = pipeline.model.score, []
+
+    def score(decoded):
+        seen.append((threading.current_thread().name, consumer.polls))
+        return real_score(decoded)
+
+    real_poll, sent_at_poll = consumer.poll, []
+
+    def poll(timeout, max_records):
+        sent_at_poll.append(len(producer.sent))
+        return real_poll(timeout, max_records)
+
+    pipeline.model.score, consumer.poll = score, poll
+    pipeline.run(threading.Event(), max_seconds=0.3)
+    assert [name for name, _ in seen] == ["MainThread"] * 3
+    # Batch k (polled by poll k) has its outputs out before poll k + 1.
+    alerts_by_batch = [
+        [a for a in alerted_ids(producer) if a.startswith(f"r{b}-")] for b in range(3)
+    ]
+    for b, (_, polls) in enumerate(seen):
+        assert sent_at_poll[polls] >= sum(len(x) for x in alerts_by_batch[: b + 1])
+    assert sum(map(len, alerts_by_batch)) > 0
+
+
+def alerted_ids(producer):
+    return [json.loads(v)["id"] for t, _, v, _ in producer.sent if t == "alerts"]
