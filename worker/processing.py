@@ -38,7 +38,7 @@ SCORING_THREAD = "anomaly-score"
 #: Smaller batches are scored on the loop's thread, at once. A batch this large means a
 #: backlog, where overlapping pays; a small one means the loop has time to spare, and handing
 #: its model call to another thread only adds the GIL's hand-overs to its latency (measured
-#: at 5,000 records/s, batches of ~40: p50 +2 to +10 ms).
+#: at 5,000 records/s, batches of ~40: p50 +1 to +10 ms).
 OVERLAP_MIN_RECORDS = 1000
 
 
