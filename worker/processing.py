@@ -109,13 +109,14 @@ class BatchProcessor:
         for bad in decoded.invalid:
             self.outputs.dead_letter(source_of(messages[bad.position]), bad.reason, bad.detail)
         model.watch_fit(decoded)
-        scored, rows = None, len(decoded.positions)
-        if rows >= OVERLAP_MIN_RECORDS:
+        rows = len(decoded.positions)
+        overlap, scored = rows >= OVERLAP_MIN_RECORDS, None
+        if overlap:
             scored = self._helper().submit(self._score, decoded)
         elif rows:
             scored = Future()
             scored.set_result(self._score(decoded))  # its failure raises here, at once
-        return InFlight(messages, last, decoded, scored, started, rows >= OVERLAP_MIN_RECORDS)
+        return InFlight(messages, last, decoded, scored, started, overlap)
 
     def _score(self, decoded: DecodedBatch) -> tuple[Scored, float]:
         """The model call alone (on the helper thread for large batches), and its duration."""

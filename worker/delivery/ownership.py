@@ -34,7 +34,7 @@ class Ownership:
         committer: Committer,
         link: BrokerLink,
         metrics: WorkerMetrics,
-        settle: Callable[[], None] = lambda: None,
+        settle: Callable[[], None],
     ) -> None:
         self.input_topic, self.consumer, self.batch = input_topic, consumer, batch
         self.committer, self.link, self.metrics = committer, link, metrics
